@@ -143,6 +143,7 @@ def base_config() -> ConfigDict:
         ("kv", None),
         ("vocab", "tensor"),
         ("lm_embed", "fsdp"),
+        ("norm", None),
     )
 
     c.sampler = ConfigDict(
