@@ -1,0 +1,187 @@
+"""Checkpoints: orbax CheckpointManager with one Composite item per concept.
+
+Layout of WORKDIR/checkpoints/<step>/ (WORKDIR may be local or gs://; paths go through
+etils.epath, never os.path):
+  state/         StandardSave of the TrainState (params, opt_state, ema_params, adaptive_state,
+                 step, rng), each array saved from its shards (tensorstore/OCDBT)
+  data/          JSON: {'process_count': P, 'processes': [iterator state of process 0..P-1]}
+  config/        JSON: the run's config (ldlm_jax.config.to_dict)
+  hidden_stats/  JSON: {'mean': [D], 'std': [D]} frozen-LM hidden-state normalisation
+Saving is asynchronous (checkpoint.async_save) and keeps the last checkpoint.keep steps.
+Restoring takes an abstract TrainState whose ShapeDtypeStructs carry the target shardings, so a
+checkpoint written on one mesh restores onto another. A latest checkpoint that cannot be read
+(corrupt or partial) is moved aside to WORKDIR/corrupt_checkpoints/<step> with a warning, and
+the previous one is tried: nothing already saved is deleted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+log = logging.getLogger(__name__)
+
+ITEMS = ("state", "data", "config", "hidden_stats")
+
+
+@dataclasses.dataclass
+class Restored:
+    """What a checkpoint gives back: the TrainState (sharded like the target), this process's
+    data-iterator state (or None), the saved config dict and hidden stats {'mean','std'}."""
+
+    step: int
+    state: Any
+    data_state: Any
+    config: dict
+    hidden_stats: dict[str, np.ndarray]
+
+
+def _gather_json(value: Any) -> list:
+    """Every process's JSON-able `value`, in process order (on every process)."""
+    if jax.process_count() == 1:
+        return [value]
+    from jax.experimental import multihost_utils
+
+    raw = np.frombuffer(json.dumps(value).encode(), dtype=np.uint8)
+    lengths = multihost_utils.process_allgather(np.asarray([raw.size], np.int32))
+    padded = np.zeros(int(np.max(lengths)), np.uint8)
+    padded[: raw.size] = raw
+    gathered = multihost_utils.process_allgather(padded)
+    lengths = np.asarray(lengths).reshape(-1)
+    return [json.loads(bytes(row[:n]).decode()) for row, n in zip(gathered, lengths, strict=True)]
+
+
+class Checkpointer:
+    """Save / restore / auto-resume for one workdir.
+
+    Args:
+      workdir: local path or gs://bucket/path.
+      keep: how many recent checkpoints to keep (config.checkpoint.keep).
+      async_save: write in a background thread (config.checkpoint.async_save).
+    """
+
+    def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+        self.workdir = epath.Path(workdir)
+        self.directory = self.workdir / "checkpoints"
+        self._options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep if keep and keep > 0 else None,
+            enable_async_checkpointing=async_save,
+            create=True,
+        )
+        self.manager = self._new_manager()
+
+    def _new_manager(self) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(self.directory, options=self._options, item_names=ITEMS)
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        data_state: Any,
+        config_dict: dict,
+        hidden_stats: dict,
+    ) -> bool:
+        """Start saving `step` (returns at once when async). Every process must call this."""
+        data = {"process_count": jax.process_count(), "processes": _gather_json(data_state)}
+        stats = {k: np.asarray(v, np.float32).tolist() for k, v in hidden_stats.items()}
+        saved = self.manager.save(
+            int(step),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(data),
+                config=ocp.args.JsonSave(json.loads(json.dumps(config_dict))),
+                hidden_stats=ocp.args.JsonSave(stats),
+            ),
+            force=True,
+        )
+        return bool(saved)
+
+    def _restore_step(self, step: int, abstract_state: Any) -> Restored:
+        out = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=ocp.args.JsonRestore(),
+                config=ocp.args.JsonRestore(),
+                hidden_stats=ocp.args.JsonRestore(),
+            ),
+        )
+        data = out["data"] or {}
+        processes = data.get("processes", [])
+        if data.get("process_count") == jax.process_count():
+            data_state = processes[jax.process_index()]
+        else:
+            log.warning(
+                "checkpoint %d was written by %s processes, this run has %d: the data iterators "
+                "start afresh (examples may repeat or be skipped)",
+                step,
+                data.get("process_count"),
+                jax.process_count(),
+            )
+            data_state = None
+        stats = {k: np.asarray(v, np.float32) for k, v in (out["hidden_stats"] or {}).items()}
+        return Restored(step, out["state"], data_state, out["config"], stats)
+
+    def _quarantine(self, step: int) -> None:
+        """Move an unreadable step aside (kept for inspection, out of the manager's way)."""
+        if jax.process_index() == 0:
+            source = self.directory / str(step)
+            target = self.workdir / "corrupt_checkpoints" / f"{step}.{int(time.time())}"
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                source.rename(target)
+                log.warning("moved unreadable checkpoint %s to %s", source, target)
+            except Exception as error:  # a read-only store: leave it, but say so
+                log.warning("could not move unreadable checkpoint %s aside: %s", source, error)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"quarantine_{step}")
+        self.manager.close()
+        self.manager = self._new_manager()
+
+    def restore_latest(self, abstract_state: Any) -> Restored | None:
+        """Restore the newest readable checkpoint onto `abstract_state`'s shardings.
+
+        Args:
+          abstract_state: the TrainState as jax.ShapeDtypeStruct leaves with `sharding` set
+            (train_state.abstract_state); the mesh may differ from the one that saved.
+        Returns:
+          Restored, or None when the workdir holds no readable checkpoint.
+        """
+        for step in reversed(self.all_steps()):
+            try:
+                return self._restore_step(step, abstract_state)
+            except Exception as error:  # orbax/tensorstore raise many types for bad files
+                log.warning(
+                    "checkpoint step %d in %s is unreadable (%s: %s); falling back to the "
+                    "previous checkpoint",
+                    step,
+                    self.directory,
+                    type(error).__name__,
+                    str(error).splitlines()[0][:300] if str(error) else "",
+                )
+                self._quarantine(step)
+        return None
+
+    def wait(self) -> None:
+        """Block until pending async saves are on disk."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
