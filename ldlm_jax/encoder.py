@@ -1,0 +1,89 @@
+"""The LDLM encoder E: a Perceiver that turns the frozen LM's hidden states into K latents z0.
+
+Token features are Linear(lm_dim -> latent_dim)(h_norm) plus a learned absolute position embedding.
+K learned initial latents go through `num_layers` layers, each
+  latents += Attention(q = RMSNorm(latents), kv = [RMSNorm(latents); RMSNorm'(token features)])
+  latents += GELU-FFN(RMSNorm(latents))
+with per-head QK RMSNorm and no biases; pad tokens are masked out of the keys. The output goes
+through a final RMSNorm, so the latents are about unit scale per position (the decoder-input noise
+sigma_dec and the diffusion schedule assume that). K = L by default; any K <= L works.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ldlm_jax.layers import Attention, Dense, GeluMLP, LearnedEmbedding, RMSNorm, constrain
+
+Dtype = Any
+
+
+class PerceiverLayer(nn.Module):
+    """One latent-attention layer: queries from `x`, keys/values from [x; context], then an FFN.
+
+    Shared by the encoder (context = token features) and the latent decoder (context = latents).
+    """
+
+    num_heads: int
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, context: jax.Array, context_mask: jax.Array | None = None
+    ) -> jax.Array:
+        """x [B, Q, D], context [B, C, D], context_mask [B, C] (1 = real) -> [B, Q, D]."""
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x_norm = RMSNorm(name="query_input_norm", **kw)(x)
+        c_norm = RMSNorm(name="context_input_norm", **kw)(context)
+        kv = jnp.concatenate([x_norm, c_norm], axis=1)
+        key_mask = None
+        if context_mask is not None:
+            own = jnp.ones(x.shape[:2], dtype=bool)
+            key_mask = jnp.concatenate([own, context_mask.astype(bool)], axis=1)
+        x = x + Attention(self.num_heads, qk_norm=True, name="attention", **kw)(
+            x_norm, kv, key_mask
+        )
+        x = x + GeluMLP(self.mlp_dim, name="mlp", **kw)(RMSNorm(name="mlp_norm", **kw)(x))
+        return constrain(x)
+
+
+class Encoder(nn.Module):
+    """E: normalised hidden states h [B, L, lm_dim] -> latents z0 [B, K, latent_dim]."""
+
+    num_latents: int
+    max_length: int
+    latent_dim: int
+    num_layers: int
+    num_heads: int
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h: jax.Array, mask: jax.Array) -> jax.Array:
+        """h [B, L, lm_dim] float, mask [B, L] int (1 = token) -> z0 [B, K, latent_dim] float32."""
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        length = h.shape[1]
+        if length > self.max_length:
+            raise ValueError(
+                f"encoder got {length} tokens but has {self.max_length} positions (data.seq_len)"
+            )
+        positions = LearnedEmbedding(self.max_length, self.latent_dim, name="token_positions")()
+        features = Dense(self.latent_dim, ("mlp", "embed"), name="token_proj", **kw)(h)
+        features = features + positions[None, :length].astype(self.dtype)
+        latents = LearnedEmbedding(
+            self.num_latents, self.latent_dim, ("latent", "embed"), name="initial_latents"
+        )()
+        x = jnp.broadcast_to(latents.astype(self.dtype), (h.shape[0], *latents.shape))
+        for i in range(self.num_layers):
+            x = PerceiverLayer(self.num_heads, self.mlp_dim, name=f"layer_{i}", **kw)(
+                x, features, mask
+            )
+        z0 = RMSNorm(dtype=jnp.float32, param_dtype=self.param_dtype, name="output_norm")(x)
+        return constrain(z0, ("batch", "latent", "embed"))
