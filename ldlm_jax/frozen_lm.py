@@ -302,6 +302,7 @@ def random_config(arch: str, width: int, layers: int, heads: int, vocab_size: in
 
     common = dict(vocab_size=vocab_size, pad_token_id=0)
     if arch == "gpt2":
+        common.update(bos_token_id=None, eos_token_id=None)  # no GPT-2 ids in a BERT vocab
         return tf.GPT2Config(n_embd=width, n_layer=layers, n_head=heads, n_positions=512, **common)
     if arch == "bert":
         return tf.BertConfig(
@@ -330,10 +331,12 @@ def random_frozen_lm(arch, width, layers, heads, seed=0, dtype="float32") -> Fro
     """A tiny random FrozenLM of arch with the MiniLM tokenizer (vocab 30522). Tests only."""
     tok = _load_tokenizer(minilm_path())
     hf_config = random_config(arch, width, layers, heads, vocab_size=len(tok))
-    arch, module = build_module(hf_config, dtype)
+    arch, module32 = build_module(hf_config, "float32")
     ids = jnp.zeros((1, 8), jnp.int32)
-    params = nn.meta.unbox(jax.jit(module.init)(jax.random.PRNGKey(seed), ids)["params"])
-    return FrozenLM(arch, hf_config, module, params, tok)
+    # Initialise in float32 then cast, so a seed gives the same model in every dtype.
+    params = nn.meta.unbox(jax.jit(module32.init)(jax.random.PRNGKey(seed), ids)["params"])
+    _, module = build_module(hf_config, dtype)
+    return FrozenLM(arch, hf_config, module, _cast(params, dtype), tok)
 
 
 def frozen_lm_from_config(config) -> FrozenLM:
