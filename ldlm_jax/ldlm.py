@@ -319,10 +319,8 @@ class LDLM:
     def sample_step(self, params, z_t, t, s, self_cond, rng, temperature: float = 1.0):
         """One ancestral (DDPM posterior) reverse step from time t to s < t.
 
-        z_s ~ q(z_s | z_t, x0 = x0_hat): mean = (alpha_ts sigma_s^2 / sigma_t^2) z_t +
-        (alpha_s sigma_ts^2 / sigma_t^2) x0_hat, variance sigma_ts^2 sigma_s^2 / sigma_t^2, with
-        alpha_ts = alpha_t / alpha_s and sigma_ts^2 = sigma_t^2 - alpha_ts^2 sigma_s^2; at s = 0
-        it returns x0_hat. The samplers module has the Euler-Maruyama / ODE samplers.
+        z_s ~ q(z_s | z_t, x0 = x0_hat) (returns x0_hat at s = 0); ldlm_jax/samplers.py has the
+        Euler-Maruyama and ODE samplers.
         Args:
           z_t [B, K, D] f32; t, s [B] f32; self_cond [B, K, D] f32 (previous x0_hat or zeros).
         Returns:
