@@ -106,9 +106,9 @@ def topology_devices(name: str) -> list:
     """The TPU devices (one per chip) of slice `name`, e.g. 'v5p:2x2x2' (8 chips, 2 hosts).
 
     Sets TPU_ACCELERATOR_TYPE (if unset), TPU_WORKER_HOSTNAMES=localhost and TPU_SKIP_MDS_QUERY=1
-    so that libtpu does not probe for a real TPU VM. libtpu reads them once per process, so
-    compile for one generation per process for quiet logs. Raises TpuCompileError with an install
-    hint when libtpu is missing or the name is malformed.
+    so that libtpu does not probe for a real TPU VM, and ALLOW_MULTIPLE_LIBTPU_LOAD=1. libtpu
+    reads them once per process, so compile for one generation per process for quiet logs.
+    Raises TpuCompileError with an install hint when libtpu is missing or the name is malformed.
     """
     chip, _ = parse_topology(name)
     if not libtpu_available():
@@ -116,6 +116,9 @@ def topology_devices(name: str) -> list:
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", accelerator_type(name))
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    # No chip is touched, so skip libtpu's one-process-per-host lock (/tmp/libtpu_lockfile):
+    # any other jax process on the machine that probed the TPU plugin would otherwise block us.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies
 
     kwargs = {"chip_config_name": "megacore"} if chip.name == "v4" else {}  # one device per chip

@@ -25,7 +25,8 @@ BATCH, SEQ, EMBED, MLP = 32, 16, 128, 256
 def devices():
     """TPU devices of the target slice, or 8 CPU devices if libtpu is missing (fallback)."""
     saved = {k: os.environ.get(k) for k in ("TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES")}
-    saved["TPU_SKIP_MDS_QUERY"] = os.environ.get("TPU_SKIP_MDS_QUERY")
+    for key in ("TPU_SKIP_MDS_QUERY", "ALLOW_MULTIPLE_LIBTPU_LOAD"):
+        saved[key] = os.environ.get(key)
     if tpu_compile.libtpu_available():
         result = tpu_compile.topology_devices(TOPOLOGY)
     else:  # documented fallback: same mesh shape on CPU, v5p numbers passed explicitly
