@@ -301,3 +301,19 @@ def test_layer_and_length_out_of_range(bert_folder, tokenizer):
 def test_hub_name_offline_is_clear():
     with pytest.raises(RuntimeError, match=r"could not download 'nobody-xyz/no-such-model'"):
         F.load_frozen_lm("nobody-xyz/no-such-model")
+
+
+def test_bin_and_sharded_checkpoints(bert_folder, tmp_path, tokenizer):
+    """pytorch_model.bin (torch present) and sharded safetensors give the same params."""
+    model = tf.BertModel.from_pretrained(bert_folder)
+    os.makedirs(tmp_path / "bin")  # transformers v5 writes only safetensors: save the .bin here
+    torch.save(model.state_dict(), str(tmp_path / "bin" / "pytorch_model.bin"))
+    model.config.save_pretrained(str(tmp_path / "bin"))
+    model.save_pretrained(str(tmp_path / "shards"), max_shard_size="1MB")
+    assert os.path.exists(tmp_path / "bin" / "pytorch_model.bin")
+    assert os.path.exists(tmp_path / "shards" / "model.safetensors.index.json")
+    ref = F.load_frozen_lm(bert_folder, tokenizer=tokenizer).params
+    for sub in ("bin", "shards"):
+        params = F.load_frozen_lm(str(tmp_path / sub), tokenizer=tokenizer).params
+        same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), ref, params)
+        assert all(jax.tree.leaves(same)), sub
