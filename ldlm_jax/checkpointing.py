@@ -59,6 +59,15 @@ def _gather_json(value: Any) -> list:
     return [json.loads(bytes(row[:n]).decode()) for row, n in zip(gathered, lengths, strict=True)]
 
 
+def _handlers() -> dict:
+    return dict(
+        state=ocp.StandardCheckpointHandler(),
+        data=ocp.JsonCheckpointHandler(),
+        config=ocp.JsonCheckpointHandler(),
+        hidden_stats=ocp.JsonCheckpointHandler(),
+    )
+
+
 class Checkpointer:
     """Save / restore / auto-resume for one workdir.
 
@@ -79,7 +88,9 @@ class Checkpointer:
         self.manager = self._new_manager()
 
     def _new_manager(self) -> ocp.CheckpointManager:
-        return ocp.CheckpointManager(self.directory, options=self._options, item_names=ITEMS)
+        return ocp.CheckpointManager(
+            self.directory, options=self._options, item_handlers=_handlers()
+        )
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -185,3 +196,57 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _read_only_manager(workdir: str) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+    return ocp.CheckpointManager(
+        epath.Path(workdir) / "checkpoints", options=options, item_handlers=_handlers()
+    )
+
+
+def latest_step(workdir: str) -> int | None:
+    """The newest checkpoint step in WORKDIR/checkpoints, or None (reads no arrays)."""
+    if not (epath.Path(workdir) / "checkpoints").exists():
+        return None
+    return _read_only_manager(workdir).latest_step()
+
+
+def restore_for_inference(workdir: str, step: int | None = None, use_ema: bool = True) -> dict:
+    """Restore what sampling needs, without knowing the model in advance.
+
+    Returns {'config': locked ConfigDict, 'params': EMA (or raw) params, 'adaptive_state',
+    'hidden_stats': {'mean','std'} float32 [Dh], 'step': int}; arrays land on the first local
+    device (the saved tree's own structure is the restore target).
+    """
+    from ldlm_jax.config import from_dict
+
+    manager = _read_only_manager(workdir)
+    step = manager.latest_step() if step is None else int(step)
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+    tree = manager.item_metadata(step)["state"]
+    tree = getattr(tree, "tree", tree)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), tree
+    )
+    out = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target),
+            config=ocp.args.JsonRestore(),
+            hidden_stats=ocp.args.JsonRestore(),
+        ),
+    )
+    state = out["state"]
+    stats = {k: np.asarray(v, np.float32) for k, v in (out["hidden_stats"] or {}).items()}
+    config = from_dict(out["config"])
+    config.lock()
+    return {
+        "config": config,
+        "params": state["ema_params" if use_ema else "params"],
+        "adaptive_state": state.get("adaptive_state") or None,
+        "hidden_stats": stats or None,
+        "step": int(np.asarray(state["step"])),
+    }
