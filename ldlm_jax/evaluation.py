@@ -360,7 +360,7 @@ def plot_frontier(points: Sequence[dict], png_path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [p for p in points if np.isfinite(p.get("gen_ppl", np.nan))]
+    ok = [p for p in points if p.get("gen_ppl") is not None and np.isfinite(p["gen_ppl"])]
     fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
     if ok:
         xs = [p["entropy"] for p in ok]

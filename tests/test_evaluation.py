@@ -44,26 +44,31 @@ def build_tokenizer():
     )
 
 
-def make_tiny_gpt2(folder):
-    """Save a tiny random GPT-2 LM and a WordLevel tokenizer to `folder`; returns both."""
+def make_tiny_gpt2_with_tokenizer(folder, tokenizer):
+    """Save a tiny random GPT-2 LM (vocab = len(tokenizer), 32 positions) and the tokenizer."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    tokenizer = build_tokenizer()
     config = GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=N_POSITIONS,
         n_embd=32,
         n_layer=2,
         n_head=2,
-        bos_token_id=1,
-        eos_token_id=1,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(0)
     model = GPT2LMHeadModel(config).eval()
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    return model, tokenizer
+    return model
+
+
+def make_tiny_gpt2(folder):
+    """Save a tiny random GPT-2 LM and a WordLevel tokenizer to `folder`; returns both."""
+    tokenizer = build_tokenizer()
+    return make_tiny_gpt2_with_tokenizer(folder, tokenizer), tokenizer
 
 
 @pytest.fixture(scope="module")
