@@ -15,6 +15,7 @@ numbers, and elsewhere (CPU) measured once at startup as the float32 rate of jnp
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -31,8 +32,10 @@ log = logging.getLogger(__name__)
 GPU_PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
 
 
+@functools.cache
 def measure_matmul_peak(size: int = 2048, repeats: int = 5, device=None) -> float:
-    """float32 FLOP/s of one jnp.dot [size, size] x [size, size] on `device` (median)."""
+    """float32 FLOP/s of one jnp.dot [size, size] x [size, size] on `device` (median; measured
+    once per process and device)."""
     device = device or jax.local_devices()[0]
     a = jax.device_put(jnp.ones((size, size), jnp.float32), device)
     b = jax.device_put(jnp.ones((size, size), jnp.float32), device)

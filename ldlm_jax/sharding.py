@@ -227,12 +227,9 @@ def describe_mesh(mesh: Mesh) -> str:
     return f"{axes} over {mesh.devices.size} {platform} devices"
 
 
-def specs_to_json(specs: Any) -> dict[str, list]:
-    """A flat {param path: [mesh axes per dim]} view of a PartitionSpec tree (golden tests)."""
+def specs_to_json(specs: Any) -> dict[str, str]:
+    """A flat {param path: "PartitionSpec('fsdp', 'tensor')"} view of a PartitionSpec tree."""
     flat = jax.tree_util.tree_flatten_with_path(
         specs, is_leaf=lambda x: isinstance(x, PartitionSpec)
     )[0]
-    out = {}
-    for path, spec in flat:
-        out[_path_name(path)] = [list(a) if isinstance(a, tuple) else a for a in spec]
-    return out
+    return {_path_name(path): str(spec) for path, spec in flat}
