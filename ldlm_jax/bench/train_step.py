@@ -1,7 +1,8 @@
 """Benchmark: train-step tokens/s and model FLOP utilisation (MFU) against a measured peak.
 
   python -m ldlm_jax.bench.train_step                      # configs/demo.py on this machine
-  python -m ldlm_jax.bench.train_step --config configs/tiny.py --steps 10 --config.train.batch_size=16
+  python -m ldlm_jax.bench.train_step --config configs/tiny.py --steps 10 \
+      --config.train.batch_size=16
 
 Builds the real train step of the config (frozen LM, LDLM networks, AdamW, EMA, adaptive
 timesteps) on the default mesh, feeds it one fixed batch of real tokens (the data pipeline is not
