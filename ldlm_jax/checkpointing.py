@@ -68,6 +68,41 @@ def _handlers() -> dict:
     )
 
 
+class CheckpointMismatchError(ValueError):
+    """The checkpoint is readable but holds a differently shaped state (another config)."""
+
+
+def _key_name(key) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _leaf_shapes(tree) -> dict[str, tuple]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(_key_name(k) for k in path): tuple(leaf.shape) for path, leaf in flat}
+
+
+def check_compatible(saved_tree, abstract_state, step: int) -> None:
+    """CheckpointMismatchError unless the saved state has the target's arrays and shapes."""
+    saved, wanted = _leaf_shapes(saved_tree), _leaf_shapes(abstract_state)
+    if saved == wanted:
+        return
+    missing = sorted(set(wanted) - set(saved))[:3]
+    extra = sorted(set(saved) - set(wanted))[:3]
+    shapes = [
+        f"{k}: saved {saved[k]} vs config {wanted[k]}"
+        for k in sorted(set(saved) & set(wanted))
+        if saved[k] != wanted[k]
+    ][:3]
+    raise CheckpointMismatchError(
+        f"checkpoint step {step} does not match this config's train state (missing {missing}, "
+        f"unexpected {extra}, shapes {shapes}). It was written by a different model config: "
+        "train in a new --workdir, or resume with the config saved in the checkpoint."
+    )
+
+
 class Checkpointer:
     """Save / restore / auto-resume for one workdir.
 
@@ -122,6 +157,13 @@ class Checkpointer:
         return bool(saved)
 
     def _restore_step(self, step: int, abstract_state: Any) -> Restored:
+        try:
+            saved = self.manager.item_metadata(step)["state"]
+            saved = getattr(saved, "tree", saved)
+        except Exception:  # unreadable metadata: let restore fail (corrupt) below
+            saved = None
+        if saved is not None:
+            check_compatible(saved, abstract_state, step)
         out = self.manager.restore(
             step,
             args=ocp.args.Composite(
@@ -177,6 +219,8 @@ class Checkpointer:
         for step in reversed(self.all_steps()):
             try:
                 return self._restore_step(step, abstract_state)
+            except CheckpointMismatchError:
+                raise  # a config problem, not a damaged file: touch nothing
             except Exception as error:  # orbax/tensorstore raise many types for bad files
                 log.warning(
                     "checkpoint step %d in %s is unreadable (%s: %s); falling back to the "

@@ -195,20 +195,18 @@ def train(
 
     step_fn = tstep.make_train_step(model.loss, optimizer, lr_schedule, config, mesh)
     tokens_per_step = config.train.batch_size * config.data.seq_len
-    stats_shape = jax.ShapeDtypeStruct((model.lm_dim,), jnp.float32)
     abstract_batch = train_feed.abstract_batch(config)
-    lowered_flops = metrics_logging.step_flops(
-        jax.jit(step_fn).lower(
-            shd.unbox(abstract_boxed),
-            abstract_batch,
-            frozen_lm.params,
-            {"mean": stats_shape, "std": stats_shape},
-        )
-    )
     if config.target_topology:
-        _compile_for_topology(
-            config, step_fn, model, init_fn, rng, rules, lowered_flops, tokens_per_step
+        stats_shape = jax.ShapeDtypeStruct((model.lm_dim,), jnp.float32)
+        flops = metrics_logging.step_flops(
+            jax.jit(step_fn).lower(
+                shd.unbox(abstract_boxed),
+                abstract_batch,
+                frozen_lm.params,
+                {"mean": stats_shape, "std": stats_shape},
+            )
         )
+        _compile_for_topology(config, step_fn, model, init_fn, rng, rules, flops, tokens_per_step)
         return TrainResult(0, {}, {}, "compile_only", workdir, param_counts=counts)
 
     feed = train_feed.DataFeed(config, frozen_lm.tokenizer, mesh, rules)  # data errors here
@@ -231,7 +229,9 @@ def train(
     jitted = tstep.jit_train_step(step_fn, state_sh, feed.sharding, frozen_sh, mesh)
     with jax.set_mesh(mesh):
         start = time.perf_counter()
-        compiled = jitted.lower(state, abstract_batch, frozen_params, stats_dev).compile()
+        lowered = jitted.lower(state, abstract_batch, frozen_params, stats_dev)
+        lowered_flops = metrics_logging.step_flops(lowered)  # global: before partitioning
+        compiled = lowered.compile()
     log.info("compiled the train step in %.1f s", time.perf_counter() - start)
     memory = _log_memory(compiled)
     first_step = int(jax.device_get(state.step))

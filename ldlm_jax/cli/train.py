@@ -103,6 +103,16 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     return rest, overrides
 
 
+class _Stderr:
+    """Writes to whatever sys.stderr is at the time (tests swap it)."""
+
+    def write(self, text):
+        return sys.stderr.write(text)
+
+    def flush(self):
+        sys.stderr.flush()
+
+
 def _setup_logging(level: str) -> None:
     import jax
 
@@ -110,7 +120,7 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level) if primary else logging.WARNING,
         format=f"%(asctime)s [p{jax.process_index()}] %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        stream=_Stderr(),
         force=True,
     )
     for noisy in ("absl", "orbax", "jax._src"):
@@ -143,11 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or os.path.join("workdirs", config.name)
 
     from ldlm_jax import trainer
+    from ldlm_jax.checkpointing import CheckpointMismatchError
     from ldlm_jax.sharding import ShardingError
 
     try:
         result = trainer.train(config, workdir)
-    except (ConfigError, ShardingError, FileNotFoundError) as error:
+    except (ConfigError, ShardingError, FileNotFoundError, CheckpointMismatchError) as error:
         return fail(str(error))
     except trainer.TrainingDivergedError as error:
         return fail(str(error), code=1)
