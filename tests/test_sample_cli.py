@@ -158,3 +158,22 @@ def test_eval_scorer_that_cannot_encode(workdir, capsys, tmp_path):
     assert eval_cli.main([*argv, "--no-progress", "--heldout-batches", "1"]) == 2
     err = capsys.readouterr().err
     assert "sample 0" in err and "cannot encode" in err
+
+
+def test_reconstruction_accuracy_matches_the_container(workdir):
+    from ldlm_jax import evaluation
+
+    gen = generation.load_generator(workdir.path)
+    texts = ["in the beginning god created the heaven and the earth", "and god said"]
+    enc = workdir.tokenizer(texts, padding="max_length", max_length=gen.seq_len)
+    batch = {k: np.asarray(enc[k], np.int32) for k in ("input_ids", "attention_mask")}
+    result = evaluation.reconstruction_accuracy(
+        gen.ldlm, gen.params, gen.frozen_params, gen.hidden_stats, [batch]
+    )
+    h = gen.ldlm.hidden(gen.frozen_params, gen.hidden_stats, **batch)
+    pred = np.argmax(np.asarray(gen.ldlm.reconstruct(gen.params, h, batch["attention_mask"])), -1)
+    real = batch["attention_mask"].astype(bool)
+    assert result["tokens"] == int(real.sum())
+    assert result["reconstruction_accuracy"] == pytest.approx(
+        (pred == batch["input_ids"])[real].mean()
+    )

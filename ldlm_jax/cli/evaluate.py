@@ -130,7 +130,7 @@ def run(args) -> dict:
         mauve_note = "skipped: MAUVE needs --scorer (GPT-2 Large features)"
         print(f"ldlm-eval: {mauve_note}", file=sys.stderr)
     config = generation.read_config(args.workdir)
-    settings = sampling_settings(args, config)
+    settings = sampling_settings(argparse.Namespace(**{**vars(args), "steps": None}), config)
     settings["steps"] = steps_list
     check_settings(settings)
     if args.scorer is None:
