@@ -78,19 +78,25 @@ def state_shardings(init_fn: Callable, rng: jax.Array, mesh: Mesh, rules) -> tup
 
 
 def create_train_state(
-    init_fn: Callable, rng: jax.Array, mesh: Mesh, rules
+    init_fn: Callable, rng: jax.Array, mesh: Mesh, rules, shardings: Any = None
 ) -> tuple[TrainState, Any]:
-    """Materialise the TrainState sharded over `mesh`; returns (state, its shardings)."""
-    _, shardings = state_shardings(init_fn, rng, mesh, rules)
+    """Materialise the TrainState sharded over `mesh`; returns (state, its shardings).
+    `shardings` (from state_shardings) saves a second abstract evaluation."""
+    if shardings is None:
+        _, shardings = state_shardings(init_fn, rng, mesh, rules)
     rng = jax.device_put(rng, shd.replicated(mesh))
     with jax.set_mesh(mesh):
         state = jax.jit(lambda r: shd.unbox(init_fn(r)), out_shardings=shardings)(rng)
     return state, shardings
 
 
-def abstract_state(init_fn: Callable, rng: jax.Array, shardings: Any) -> TrainState:
+def abstract_state(
+    init_fn: Callable, rng: jax.Array, shardings: Any, abstract_boxed: Any = None
+) -> TrainState:
     """The unboxed TrainState as ShapeDtypeStructs carrying `shardings` (restore targets)."""
-    abstract = shd.unbox(jax.eval_shape(init_fn, rng))
+    if abstract_boxed is None:
+        abstract_boxed = jax.eval_shape(init_fn, rng)
+    abstract = shd.unbox(abstract_boxed)
     return jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
     )

@@ -214,14 +214,16 @@ def train(
     checkpointer = checkpointing.Checkpointer(
         workdir, config.checkpoint.keep, config.checkpoint.async_save
     )
-    restored = checkpointer.restore_latest(ts.abstract_state(init_fn, rng, state_sh))
+    restored = checkpointer.restore_latest(
+        ts.abstract_state(init_fn, rng, state_sh, abstract_boxed)
+    )
     if restored is not None:
         state, hidden_stats = restored.state, restored.hidden_stats
         feed.set_state(restored.data_state)
         log.info("resumed from step %d in %s", restored.step, checkpointer.directory)
     else:
         hidden_stats = train_feed.initial_hidden_stats(config, frozen_lm)
-        state, _ = ts.create_train_state(init_fn, rng, mesh, rules)
+        state, _ = ts.create_train_state(init_fn, rng, mesh, rules, state_sh)
     stats_dev = jax.device_put(
         {k: np.asarray(v, np.float32) for k, v in hidden_stats.items()}, shd.replicated(mesh)
     )

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from train_utils import tiny_config
+from train_utils import TEST_OVERRIDES, TINY, TINY_EXTRA, tiny_config
 
 from ldlm_jax import checkpointing, trainer
 from ldlm_jax.cli import train as cli
@@ -164,3 +164,13 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_good(tmp_path):
         with pytest.raises(trainer.TrainingDivergedError, match="at step 3.*checkpoint is step 2"):
             trainer.train(config, workdir)
     assert checkpointing.latest_step(workdir) == 2
+
+
+def test_compile_only_stops_before_training(tmp_path):
+    # The NaN test's program (the persistent compile cache serves it).
+    overrides = [f"--config.{o}" for o in (*TEST_OVERRIDES, *TINY_EXTRA, *MESH_8)]
+    code = cli.main(["--config", TINY, "--workdir", str(tmp_path),
+                     "--config.compile_only=True", *overrides])  # fmt: skip
+    assert code == 0
+    assert checkpointing.latest_step(str(tmp_path)) is None
+    assert not os.path.exists(os.path.join(tmp_path, "metrics.jsonl"))
