@@ -332,10 +332,13 @@ def generate(
         rows.extend(ids[: num - len(rows)])
     known = template >= 0
     start = int(known.nonzero()[0].max()) + 1 if known.any() else 1
+    pad = gen.ldlm.frozen_lm.pad_token_id
     samples = []
     for i, row in enumerate(rows):
         row = np.where(known, template, row)
         ids = cut_at_eos(row, gen.eos_id, start)
+        while len(ids) > start and ids[-1] == pad:  # no EOS generated: drop trailing pads
+            ids.pop()
         text = gen.tokenizer.decode(ids, skip_special_tokens=True)
         samples.append(
             dict(
