@@ -1,13 +1,11 @@
 """Sample-quality metrics: generative perplexity, unigram entropy, reconstruction, MAUVE, frontier.
 
 Generative perplexity follows the field's protocol (MDLM, SEDD, Duo): decode samples to text,
-retokenise with the scorer's own tokenizer (GPT-2 Large in practice, converted with
-ldlm-convert-lm and run in Flax), score each text left to right with a context of at most 1024
-tokens, never score a text's first token (it has no context), weight by tokens over the whole
-corpus and accumulate log-likelihoods in float64 on the host. Texts longer than the context are cut
-into windows that overlap by one token, so every token after the first is scored exactly once.
-The scorer runs jitted with its weights as an argument; batches are padded to a fixed batch size and
-to one of a few bucket lengths, so only a handful of shapes compile.
+retokenise with the scorer's tokenizer (GPT-2 Large converted with ldlm-convert-lm, run in Flax),
+context <= 1024 tokens, a text's first token never scored, token-weighted over the corpus, log-
+likelihoods summed in float64 on the host. Longer texts are cut into windows overlapping by one
+token, so every token after the first is scored once. The scorer is jitted with its weights as an
+argument; batches are padded to a fixed size and a few bucket lengths (few compiled shapes).
 
 Always report gen PPL together with the mean per-sample unigram entropy (natural log, nats) of
 the generated ids: a low-entropy, repetitive sampler gets a low perplexity.
@@ -80,22 +78,21 @@ class Scorer:
     name: str = "scorer"
 
     def encode(self, text: str, index: int = 0) -> list[int]:
-        """Text -> scorer token ids (no special tokens); ScorerError naming the sample if the
-        tokenizer cannot represent it (unknown tokens, nothing out of a non-empty text, ids
-        outside the model's vocabulary)."""
+        """Text -> scorer token ids (no special tokens); ScorerError naming the sample on unknown
+        tokens, no tokens from a non-empty text, or ids outside the model's vocabulary."""
         ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         unk = getattr(self.tokenizer, "unk_token_id", None)
         snippet = text[:60].replace("\n", " ")
         if text.strip() and not ids:
             raise ScorerError(
-                f"sample {index} ({snippet!r}): the scorer's tokenizer produced no tokens for a "
-                "non-empty text; use the scorer's own tokenizer folder (GPT-2 BPE encodes any text)"
+                f"sample {index} ({snippet!r}): the scorer's tokenizer gave no tokens for a "
+                "non-empty text; use a byte-level tokenizer such as GPT-2's"
             )
         if unk is not None and unk in ids:
             raise ScorerError(
                 f"sample {index} ({snippet!r}): the scorer's tokenizer cannot encode this text "
-                f"(it produced the unknown token {self.tokenizer.unk_token!r}); gen PPL would be "
-                "meaningless -- score with a byte-level tokenizer such as GPT-2's"
+                f"(unknown token {self.tokenizer.unk_token!r}); score with a byte-level "
+                "tokenizer such as GPT-2's"
             )
         if ids and max(ids) >= self.vocab_size:
             raise ScorerError(
@@ -302,12 +299,9 @@ def reconstruction_accuracy(ldlm, params, frozen_params, hidden_stats, batches) 
     """Autoencoder token accuracy without diffusion noise: tokens -> h -> encode -> decode_hidden
     -> decode_tokens -> argmax, compared with the input over non-pad positions.
 
-    Args:
-      ldlm: an ldlm_jax.ldlm.LDLM container; params its trainable params (EMA or raw).
-      frozen_params, hidden_stats: the frozen LM's params and the saved HiddenStats dict.
-      batches: iterable of dicts with input_ids / attention_mask int32 [B, L].
-    Returns:
-      {'reconstruction_accuracy': correct / non-pad tokens, 'tokens': count}.
+    ldlm: an LDLM container; params: its trainable params (EMA or raw); frozen_params and
+    hidden_stats ({'mean', 'std'}) as saved; batches: dicts of input_ids / attention_mask int32
+    [B, L]. Returns {'reconstruction_accuracy': correct / non-pad tokens, 'tokens': count}.
     """
     fn = _reconstruct_fn(ldlm)
     correct, total = 0, 0
@@ -341,11 +335,8 @@ def _reconstruct_fn(ldlm):
 def write_frontier(points: Sequence[dict], json_path: str, png_path: str | None = None) -> None:
     """Write the quality-diversity frontier over step counts.
 
-    Args:
-      points: dicts with at least 'steps', 'gen_ppl' and 'entropy' (one per step count).
-      json_path: where the list of points goes (JSON).
-      png_path: optional PNG: gen PPL (log scale) against entropy, each point labelled by steps.
-    """
+    points: dicts with 'steps', 'gen_ppl' (None without a scorer) and 'entropy', one per step
+    count, written as a JSON list to json_path and plotted to png_path (if given)."""
     points = sorted(points, key=lambda p: p["steps"])
     with open(json_path, "w") as f:
         json.dump(points, f, indent=2)
