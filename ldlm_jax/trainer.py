@@ -122,28 +122,27 @@ def _host(metrics) -> dict[str, float]:
     return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
-def _compile_for_topology(config, step_fn, model, init_fn, rng, rules, flops, tokens):
+def _compile_for_topology(config, step_fn, model, abstract_boxed, state_sh, mesh, rules, tokens):
     """compile_only for config.target_topology (ldlm_jax/tpu_compile.py): print the report."""
     from ldlm_jax import tpu_compile
-
-    mesh = tpu_compile.make_target_mesh(
-        dict(config.mesh), tpu_compile.topology_devices(config.target_topology)
-    )
-    _, state_sh = ts.state_shardings(init_fn, rng, mesh, rules)
-    frozen_sh = _frozen_shardings(model.frozen_lm, mesh, rules)
-    batch_sh = shd.batch_sharding(mesh, rules)
 
     def sds(x, s):
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
 
-    state = jax.tree.map(sds, shd.unbox(jax.eval_shape(init_fn, rng)), state_sh)
+    state = jax.tree.map(sds, shd.unbox(abstract_boxed), state_sh)
+    frozen_sh = _frozen_shardings(model.frozen_lm, mesh, rules)
     frozen = jax.tree.map(sds, model.frozen_lm.params, frozen_sh)
-    batch = train_feed.abstract_batch(config, batch_sh)
+    batch = train_feed.abstract_batch(config, shd.batch_sharding(mesh, rules))
     stat = jax.ShapeDtypeStruct((model.lm_dim,), jnp.float32, sharding=shd.replicated(mesh))
-    stats = {"mean": stat, "std": stat}
+    args = (state, batch, frozen, {"mean": stat, "std": stat})
+    with jax.set_mesh(mesh):
+        flops = metrics_logging.step_flops(jax.jit(step_fn).lower(*args))
+    if flops is None:  # no cost model for the target: count on the host's backend instead
+        plain = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
+        flops = metrics_logging.step_flops(jax.jit(step_fn).lower(*plain))
     report = tpu_compile.compile_for_target(
         step_fn,
-        (state, batch, frozen, stats),
+        args,
         out_shardings=(state_sh, shd.replicated(mesh)),
         donate_argnums=(0,),
         tokens_per_step=tokens,
@@ -174,9 +173,16 @@ def train(
     """
     workdir = str(workdir)
     rules = shd.rules_table(config.logical_axis_rules)
-    mesh = shd.make_mesh(dict(config.mesh), devices)
+    if config.target_topology:  # compile for a TPU slice described by libtpu, run nothing
+        from ldlm_jax import tpu_compile
+
+        topology = tpu_compile.topology_devices(config.target_topology)
+        mesh = tpu_compile.make_target_mesh(dict(config.mesh), topology)
+    else:
+        mesh = shd.make_mesh(dict(config.mesh), devices)
+    processes = 1 if config.target_topology else jax.process_count()
     shd.check_batch_divisible(
-        config.train.batch_size, config.train.microbatches, mesh, rules, jax.process_count()
+        config.train.batch_size, config.train.microbatches, mesh, rules, processes
     )
     log.info("mesh %s", shd.describe_mesh(mesh))
 
@@ -197,16 +203,9 @@ def train(
     tokens_per_step = config.train.batch_size * config.data.seq_len
     abstract_batch = train_feed.abstract_batch(config)
     if config.target_topology:
-        stats_shape = jax.ShapeDtypeStruct((model.lm_dim,), jnp.float32)
-        flops = metrics_logging.step_flops(
-            jax.jit(step_fn).lower(
-                shd.unbox(abstract_boxed),
-                abstract_batch,
-                frozen_lm.params,
-                {"mean": stats_shape, "std": stats_shape},
-            )
+        _compile_for_topology(
+            config, step_fn, model, abstract_boxed, state_sh, mesh, rules, tokens_per_step
         )
-        _compile_for_topology(config, step_fn, model, init_fn, rng, rules, flops, tokens_per_step)
         return TrainResult(0, {}, {}, "compile_only", workdir, param_counts=counts)
 
     feed = train_feed.DataFeed(config, frozen_lm.tokenizer, mesh, rules)  # data errors here
