@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
+import time
 
 import jax
 
@@ -78,6 +80,29 @@ def detect_launch(
     return None
 
 
+def wait_for_coordinator(address: str, timeout_s: float) -> None:
+    """Block until HOST:PORT accepts TCP connections, or raise DistributedInitError.
+
+    jax's distributed client aborts the whole process (no Python exception) when it cannot reach
+    the coordinator, so processes other than 0 check reachability first and fail readably."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise DistributedInitError(f"coordinator address {address!r} must look like HOST:PORT")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+                return
+        except OSError as error:
+            if time.monotonic() >= deadline:
+                raise DistributedInitError(
+                    f"jax.distributed.initialize failed: coordinator={address} did not accept "
+                    f"connections within {timeout_s:.0f}s ({error}). Start process 0 (it hosts "
+                    "the coordinator), check the address and port, or raise --init-timeout."
+                ) from None
+            time.sleep(0.5)
+
+
 def initialize(
     coordinator: str | None = None,
     num_processes: int | None = None,
@@ -104,7 +129,12 @@ def initialize(
         kwargs["num_processes"] = spec.num_processes
     if spec.process_id is not None:
         kwargs["process_id"] = spec.process_id
+    local_ids = os.environ.get("JAX_LOCAL_DEVICE_IDS", "")  # e.g. set by launch/gpu_slurm.sbatch
+    if local_ids.strip():
+        kwargs["local_device_ids"] = [int(i) for i in local_ids.split(",") if i.strip()]
     log.info("jax.distributed.initialize (%s): %s", spec.reason, kwargs)
+    if spec.coordinator_address and spec.process_id not in (None, 0):
+        wait_for_coordinator(spec.coordinator_address, timeout_s)
     try:
         jax.distributed.initialize(**kwargs)
     except Exception as error:

@@ -90,6 +90,17 @@ def _agreed(flag: bool) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
+def _preemption_notice(checkpointer, step: int) -> bool:
+    """True at the step where jax's preemption service (Cloud TPU maintenance events, multi-host
+    runs) asks every process to checkpoint; False where the service is not running."""
+    if jax.process_count() == 1:
+        return False
+    try:
+        return bool(checkpointer.manager.reached_preemption(step))
+    except Exception:  # no preemption sync manager on this platform
+        return False
+
+
 def _frozen_shardings(frozen_lm, mesh, rules) -> Any:
     """NamedShardings for the frozen LM's params from its modules' logical names."""
     ids = jax.ShapeDtypeStruct((1, 8), jnp.int32)
@@ -285,7 +296,7 @@ def train(
                 due_log = step % config.train.log_every == 0 or step == total
                 due_save = step % config.checkpoint.every == 0 or step == total
                 due_eval = config.train.eval_every > 0 and step % config.train.eval_every == 0
-                preempted = _agreed(stop.set)
+                preempted = _agreed(stop.set) or _preemption_notice(checkpointer, step)
                 if due_log or due_save or due_eval or preempted:
                     host = _host(metrics)
                     check(step, host)

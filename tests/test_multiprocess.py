@@ -104,3 +104,36 @@ def test_two_processes_match_single_process(two_process_run, reference):
     # Both processes took part in the checkpoints; only process 0 logged at INFO.
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
     assert "[p0] INFO" in logs[0] and "INFO" not in logs[1]
+
+
+def test_launch_detection(monkeypatch):
+    from ldlm_jax import distributed
+
+    for name in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES",
+                 "MEGASCALE_COORDINATOR_ADDRESS"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.detect_launch() is None
+    spec = distributed.detect_launch("127.0.0.1:1234", 2, 1)
+    assert (spec.reason, spec.num_processes, spec.process_id) == ("flags", 2, 1)
+    with pytest.raises(distributed.DistributedInitError, match="missing --process-id"):
+        distributed.detect_launch("127.0.0.1:1234", 2, None)
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:8476")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
+    monkeypatch.setenv("JAX_PROCESS_ID", "3")
+    spec = distributed.detect_launch()
+    assert (spec.reason, spec.coordinator_address, spec.process_id) == ("env", "10.0.0.1:8476", 3)
+    monkeypatch.delenv("JAX_COORDINATOR_ADDRESS")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    assert distributed.detect_launch().reason == "slurm"
+
+
+def test_unreachable_coordinator_fails_readably_in_bounded_time(tmp_path):
+    # Process 1 of 2 waits for a coordinator that never starts: a clear error after the timeout.
+    argv = [sys.executable, "-m", "ldlm_jax.cli.train", "--config", TINY,
+            "--workdir", str(tmp_path), "--coordinator", f"127.0.0.1:{_free_port()}",
+            "--num-processes", "2", "--process-id", "1", "--init-timeout", "5"]  # fmt: skip
+    out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "jax.distributed.initialize failed" in out.stderr
+    assert "coordinator=127.0.0.1:" in out.stderr
