@@ -37,8 +37,12 @@ class DataError(ValueError):
 def make_iterator(config, tokenizer, process_index: int, process_count: int):
     """The data workstream's training iterator (ldlm_jax.pipeline); local batches of
     {'input_ids', 'attention_mask'} int32 [B / process_count, L]."""
-    from ldlm_jax import pipeline
-
+    try:
+        from ldlm_jax import pipeline
+    except ImportError as error:
+        raise DataError(
+            f"the data pipeline (ldlm_jax/pipeline.py) is not available: {error}"
+        ) from error
     try:
         return pipeline.make_train_iterator(
             config, tokenizer, process_index=process_index, process_count=process_count
@@ -52,8 +56,10 @@ def make_iterator(config, tokenizer, process_index: int, process_count: int):
 
 def make_eval_iterator(config, tokenizer, process_index: int, process_count: int):
     """Held-out batches (ldlm_jax.pipeline.make_eval_iterator), or None when there is none."""
-    from ldlm_jax import pipeline
-
+    try:
+        from ldlm_jax import pipeline
+    except ImportError:
+        return None
     factory = getattr(pipeline, "make_eval_iterator", None)
     if factory is None:
         return None

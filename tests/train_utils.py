@@ -88,18 +88,51 @@ def shrink(config: ConfigDict, *overrides: str) -> ConfigDict:
     return config
 
 
+class _StubIterator:
+    """Bible verses, padded to seq_len, each process taking its own rows (a stand-in with the
+    pipeline's interface: next() -> local batch, get_state()/set_state())."""
+
+    def __init__(self, config, tokenizer, process_index, process_count, offset=0):
+        import importlib.util
+        import json
+
+        folder = list(importlib.util.find_spec("bible").submodule_search_locations)[0]
+        with open(os.path.join(folder, "data", "kjv.jsonl")) as f:
+            self.texts = [json.loads(line)["text"] for line in f.readlines()[:4000]]
+        self.tokenizer, self.config, self.offset = tokenizer, config, offset
+        self.index, self.count, self.position = process_index, process_count, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        import numpy as np
+
+        rows = self.config.train.batch_size // self.count
+        start = self.offset + (self.position * self.count + self.index) * rows
+        texts = [self.texts[(start + i) % len(self.texts)] for i in range(rows)]
+        enc = self.tokenizer(texts, max_length=self.config.data.seq_len, truncation=True,
+                             padding="max_length", return_tensors="np")  # fmt: skip
+        self.position += 1
+        return {k: enc[k].astype(np.int32) for k in ("input_ids", "attention_mask")}
+
+    def get_state(self):
+        return {"position": self.position}
+
+    def set_state(self, state):
+        self.position = state["position"]
+
+
 def _install_stub_pipeline_if_missing() -> None:
-    """TEMPORARY until ldlm_jax/pipeline.py lands: Bible verses padded to seq_len."""
+    """TEMPORARY: only while ldlm_jax/pipeline.py (the data workstream) has not landed."""
     import importlib.util
 
     if importlib.util.find_spec("ldlm_jax.pipeline") is not None:
         return
-    import sys
+    from ldlm_jax import train_feed
 
-    sys.path.insert(0, "/tmp/tw")
-    import stubpipe
-
-    stubpipe.install()
+    train_feed.make_iterator = lambda c, t, i, n: _StubIterator(c, t, i, n)
+    train_feed.make_eval_iterator = lambda c, t, i, n: _StubIterator(c, t, i, n, offset=3000)
 
 
 _install_stub_pipeline_if_missing()
