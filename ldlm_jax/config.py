@@ -26,6 +26,7 @@ SAMPLERS = ("euler_maruyama", "ode_euler", "ode_heun", "ddim", "ddpm")
 TIME_GRIDS = ("uniform", "adaptive")
 DATA_SOURCES = ("bible", "text_files", "prepared", "tfds_lm1b", "synthetic")
 DATA_MODES = ("pack", "pad")
+TEXT_UNITS = ("line", "paragraph", "file")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -111,6 +112,11 @@ def base_config() -> ConfigDict:
 
     # Optimisation.
     c.train = ConfigDict()
+    c.data.text_unit = "line"  # .txt documents: 'line', 'paragraph' (blank-line separated), 'file'
+    c.data.add_special_tokens = True  # pad mode: the tokenizer's own specials ([CLS] .. [SEP])
+    c.data.validation_docs = 0  # held-out last documents; > 0 overrides validation_fraction
+    c.data.hf_dataset = ""  # ldlm-prepare-data input from the HF hub, e.g. Skylion007/openwebtext
+    c.data.tfds_data_dir = ""  # where tfds keeps lm1b ('' = $TFDS_DATA_DIR)
     c.train.steps = 1_000_000
     c.train.batch_size = 512
     c.train.microbatches = 1
@@ -314,6 +320,11 @@ def validate_config(config: ConfigDict) -> None:
     _check_choice(config, "model.dtype", DTYPES)
     _check_choice(config, "model.param_dtype", DTYPES)
     _check_choice(config, "frozen_lm.dtype", DTYPES)
+    _check_choice(config, "data.text_unit", TEXT_UNITS)
+    if not 0.0 <= config.data.validation_fraction < 1.0 or config.data.validation_docs < 0:
+        raise ConfigError(
+            "data.validation_fraction must lie in [0, 1) and data.validation_docs must be >= 0"
+        )
     model = config.model
     if model.latent_dim != model.denoiser.width:
         raise ConfigError(
