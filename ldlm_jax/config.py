@@ -109,14 +109,14 @@ def base_config() -> ConfigDict:
     c.data.worker_count = 0
     c.data.prefetch = 2
     c.data.skip_invalid_utf8 = False
-
-    # Optimisation.
-    c.train = ConfigDict()
     c.data.text_unit = "line"  # .txt documents: 'line', 'paragraph' (blank-line separated), 'file'
     c.data.add_special_tokens = True  # pad mode: the tokenizer's own specials ([CLS] .. [SEP])
     c.data.validation_docs = 0  # held-out last documents; > 0 overrides validation_fraction
     c.data.hf_dataset = ""  # ldlm-prepare-data input from the HF hub, e.g. Skylion007/openwebtext
     c.data.tfds_data_dir = ""  # where tfds keeps lm1b ('' = $TFDS_DATA_DIR)
+
+    # Optimisation.
+    c.train = ConfigDict()
     c.train.steps = 1_000_000
     c.train.batch_size = 512
     c.train.microbatches = 1
@@ -317,14 +317,14 @@ def validate_config(config: ConfigDict) -> None:
     _check_choice(config, "sampler.time_grid", TIME_GRIDS)
     _check_choice(config, "data.source", DATA_SOURCES)
     _check_choice(config, "data.mode", DATA_MODES)
-    _check_choice(config, "model.dtype", DTYPES)
-    _check_choice(config, "model.param_dtype", DTYPES)
-    _check_choice(config, "frozen_lm.dtype", DTYPES)
     _check_choice(config, "data.text_unit", TEXT_UNITS)
     if not 0.0 <= config.data.validation_fraction < 1.0 or config.data.validation_docs < 0:
         raise ConfigError(
             "data.validation_fraction must lie in [0, 1) and data.validation_docs must be >= 0"
         )
+    _check_choice(config, "model.dtype", DTYPES)
+    _check_choice(config, "model.param_dtype", DTYPES)
+    _check_choice(config, "frozen_lm.dtype", DTYPES)
     model = config.model
     if model.latent_dim != model.denoiser.width:
         raise ConfigError(
