@@ -155,8 +155,17 @@ class PerceiverLayer(nn.Module):
 class Encoder(nn.Module):
     """E: h_norm [B, L, lm_dim], mask [B, L] -> z0 [B, K, latent_dim] float32."""
 
-    def __init__(self, lm_dim, num_latents, max_length, latent_dim, num_layers, num_heads,
-                 mlp_dim, local_bias=0.0):  # fmt: skip
+    def __init__(
+        self,
+        lm_dim,
+        num_latents,
+        max_length,
+        latent_dim,
+        num_layers,
+        num_heads,
+        mlp_dim,
+        local_bias=0.0,
+    ):
         super().__init__()
         self.max_length = max_length
         self.token_positions = nn.Parameter(torch.zeros(max_length, latent_dim))
@@ -221,8 +230,17 @@ class TimeEmbedding(nn.Module):
 class Denoiser(nn.Module):
     """x0_hat = D(z_t [B, K, D], t [B], self_cond [B, K, D]) -> [B, K, D] float32."""
 
-    def __init__(self, width, num_layers, num_heads, mlp_dim, rope_theta=1e4,
-                 time_max_period=10.0, time_mlp_dim=1536, unet_skips=True):  # fmt: skip
+    def __init__(
+        self,
+        width,
+        num_layers,
+        num_heads,
+        mlp_dim,
+        rope_theta=1e4,
+        time_max_period=10.0,
+        time_mlp_dim=1536,
+        unet_skips=True,
+    ):
         super().__init__()
         self.num_layers, self.unet_skips = num_layers, unet_skips
         self.time = TimeEmbedding(width, time_mlp_dim, time_max_period)
@@ -250,8 +268,18 @@ class Denoiser(nn.Module):
 class LatentDecoder(nn.Module):
     """D_lat: z [B, K, latent_dim] -> h_hat [B, L, lm_dim] float32."""
 
-    def __init__(self, length, num_latents, latent_dim, lm_dim, width, num_layers, num_heads,
-                 mlp_dim, local_bias=0.0):  # fmt: skip
+    def __init__(
+        self,
+        length,
+        num_latents,
+        latent_dim,
+        lm_dim,
+        width,
+        num_layers,
+        num_heads,
+        mlp_dim,
+        local_bias=0.0,
+    ):
         super().__init__()
         self.num_latents = num_latents
         self.latent_positions = nn.Parameter(torch.zeros(num_latents, width))

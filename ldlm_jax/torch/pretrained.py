@@ -46,7 +46,7 @@ def read_config(folder: str) -> dict:
     return meta
 
 
-def load_frozen_lm(folder: str):
+def load_hf_frozen_lm(folder: str):
     """OUT/frozen_lm (HF save_pretrained layout) -> (transformers base model in eval mode, tok)."""
     import transformers
 
@@ -76,20 +76,46 @@ class LDLMNetworksTorch(nn.Module):
         s = spec
         enc, den, ldec, tdec = s["encoder"], s["denoiser"], s["latent_decoder"], s["token_decoder"]
         k, seq_len, dz = s["num_latents"], s["seq_len"], s["latent_dim"]
-        self.encoder = Encoder(s["lm_dim"], k, seq_len, dz, enc["num_layers"], enc["num_heads"],
-                               enc["mlp_dim"], s["perceiver_local_bias"])  # fmt: skip
+        self.encoder = Encoder(
+            s["lm_dim"],
+            k,
+            seq_len,
+            dz,
+            enc["num_layers"],
+            enc["num_heads"],
+            enc["mlp_dim"],
+            s["perceiver_local_bias"],
+        )
         self.denoiser = Denoiser(
-            den["width"], den["num_layers"], den["num_heads"], den["mlp_dim"], den["rope_theta"],
-            den["time_max_period"], den["time_mlp_dim"], den["unet_skips"],
-        )  # fmt: skip
+            den["width"],
+            den["num_layers"],
+            den["num_heads"],
+            den["mlp_dim"],
+            den["rope_theta"],
+            den["time_max_period"],
+            den["time_mlp_dim"],
+            den["unet_skips"],
+        )
         self.latent_decoder = LatentDecoder(
-            seq_len, k, dz, s["lm_dim"], ldec["width"], ldec["num_layers"], ldec["num_heads"],
-            ldec["mlp_dim"], s["perceiver_local_bias"],
-        )  # fmt: skip
+            seq_len,
+            k,
+            dz,
+            s["lm_dim"],
+            ldec["width"],
+            ldec["num_layers"],
+            ldec["num_heads"],
+            ldec["mlp_dim"],
+            s["perceiver_local_bias"],
+        )
         self.token_decoder = TokenDecoder(
-            s["lm_dim"], s["vocab_size"], seq_len, tdec["width"], tdec["num_layers"],
-            tdec["num_heads"], tdec["mlp_dim"],
-        )  # fmt: skip
+            s["lm_dim"],
+            s["vocab_size"],
+            seq_len,
+            tdec["width"],
+            tdec["num_layers"],
+            tdec["num_heads"],
+            tdec["mlp_dim"],
+        )
 
     def encode(self, h, mask):
         """h [B, L, Dh], mask [B, L] -> z0 [B, K, Dz]."""
@@ -158,7 +184,7 @@ class LDLMTorch(nn.Module):
         frozen_lm, tokenizer = None, None
         lm_folder = os.path.join(folder, meta["frozen_lm"].get("folder", "frozen_lm"))
         if load_frozen_lm:
-            frozen_lm, tokenizer = load_frozen_lm(lm_folder)
+            frozen_lm, tokenizer = load_hf_frozen_lm(lm_folder)
         elif os.path.isdir(lm_folder):
             import transformers
 
@@ -182,9 +208,10 @@ class LDLMTorch(nn.Module):
         if self.frozen_lm is None:
             raise ValueError("load with from_pretrained(..., load_frozen_lm=True) to encode text")
         out = self.frozen_lm(
-            input_ids=input_ids.long(), attention_mask=attention_mask.long(),
+            input_ids=input_ids.long(),
+            attention_mask=attention_mask.long(),
             output_hidden_states=True,
-        )  # fmt: skip
+        )
         h = out.hidden_states[int(self.meta["frozen_lm"]["layer"])].float()
         if self.normalize:
             h = (h - self.hidden_mean) / self.hidden_std
@@ -233,8 +260,15 @@ class LDLMTorch(nn.Module):
         return self.decode_tokens(self.decode_hidden(z0)).argmax(-1)
 
     @torch.no_grad()
-    def generate(self, num: int = 1, steps: int | None = None, sampler: str | None = None,
-                 seed: int = 0, batch_size: int = 64, **settings) -> list[dict]:  # fmt: skip
+    def generate(
+        self,
+        num: int = 1,
+        steps: int | None = None,
+        sampler: str | None = None,
+        seed: int = 0,
+        batch_size: int = 64,
+        **settings,
+    ) -> list[dict]:
         """Sample `num` texts with torch.Generator(seed) noise.
 
         steps / sampler default to the training config's sampler section; settings may set
@@ -264,8 +298,17 @@ class LDLMTorch(nn.Module):
             while len(ids) > 1 and ids[-1] == tokens.get("pad_id"):
                 ids.pop()
             text = self.tokenizer.decode(ids, skip_special_tokens=True) if self.tokenizer else ""
-            samples.append(dict(index=i, text=text, token_ids=ids, num_tokens=len(ids),
-                                sampler=sampler, steps=steps, seed=int(seed)))  # fmt: skip
+            samples.append(
+                dict(
+                    index=i,
+                    text=text,
+                    token_ids=ids,
+                    num_tokens=len(ids),
+                    sampler=sampler,
+                    steps=steps,
+                    seed=int(seed),
+                )
+            )
         return samples
 
 
