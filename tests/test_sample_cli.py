@@ -134,7 +134,7 @@ def test_eval_end_to_end(workdir, tmp_path_factory):
     assert [p["steps"] for p in result["frontier"]] == [2, 3]
     for p in result["frontier"]:
         assert p["gen_ppl"] > 1 and 0 <= p["entropy"] <= np.log(32)
-    assert result["reconstruction_accuracy"] is None or 0 <= result["reconstruction_accuracy"] <= 1
+    assert 0 <= result["reconstruction_accuracy"] <= 1 and result["reconstruction_tokens"] > 0
     assert "mauve" in result
     with open(result["frontier_png"], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -191,7 +191,8 @@ def run(args) -> dict:
         recon = evaluation.reconstruction_accuracy(
             gen.ldlm, gen.params, gen.frozen_params, gen.hidden_stats, heldout
         )
-        result.update(recon)
+        result["reconstruction_accuracy"] = recon["reconstruction_accuracy"]
+        result["reconstruction_tokens"] = recon["tokens"]
     else:
         result["reconstruction_accuracy"] = None
         result["reconstruction_note"] = "no held-out data for this config"
