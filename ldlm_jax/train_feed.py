@@ -67,7 +67,13 @@ def make_eval_iterator(config, tokenizer, process_index: int, process_count: int
 
 
 def get_iterator_state(iterator) -> Any:
-    """The iterator's JSON-able state (grain-style get_state, or .state)."""
+    """The iterator's JSON-able state (pipeline.iterator_state; grain get_state otherwise)."""
+    try:
+        from ldlm_jax.pipeline import iterator_state
+    except ImportError:
+        iterator_state = None
+    if iterator_state is not None and hasattr(iterator, "get_state"):
+        return iterator_state(iterator)
     if hasattr(iterator, "get_state"):
         return iterator.get_state()
     return getattr(iterator, "state", None)
@@ -78,6 +84,25 @@ def set_iterator_state(iterator, state) -> None:
         iterator.set_state(state)
     else:
         iterator.state = state
+
+
+def validate_data(config, frozen_lm) -> None:
+    """The pipeline's cheap data checks (files exist, seq_len vs the LM, tokenizer vs vocab),
+    raised as DataError before anything is compiled."""
+    try:
+        from ldlm_jax import pipeline
+    except ImportError:
+        return
+    check = getattr(pipeline, "validate_data_config", None)
+    if check is None:
+        return
+    try:
+        check(config, frozen_lm.tokenizer, frozen_lm.max_positions, frozen_lm.vocab_size)
+    except (FileNotFoundError, OSError, ValueError) as error:
+        raise DataError(
+            f"bad data settings (data.source={config.data.source!r}, "
+            f"data.paths={config.data.paths!r}): {error}"
+        ) from error
 
 
 @dataclasses.dataclass

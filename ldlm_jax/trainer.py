@@ -219,7 +219,8 @@ def train(
         )
         return TrainResult(0, {}, {}, "compile_only", workdir, param_counts=counts)
 
-    feed = train_feed.DataFeed(config, frozen_lm.tokenizer, mesh, rules)  # data errors here
+    train_feed.validate_data(config, frozen_lm)  # data errors here, before any compile
+    feed = train_feed.DataFeed(config, frozen_lm.tokenizer, mesh, rules)
     frozen_params = jax.device_put(frozen_lm.params, _frozen_shardings(frozen_lm, mesh, rules))
     checkpointer = checkpointing.Checkpointer(
         workdir, config.checkpoint.keep, config.checkpoint.async_save
