@@ -199,6 +199,7 @@ def _sample_fn(gen: Generator, sampler, steps, time_grid, t_min, temperature, se
     from ldlm_jax import samplers
 
     ldlm, floor = gen.ldlm, float(gen.config.recipe.adaptive_floor)
+    latent_sharding = _batch_sharding(gen, 3)
 
     def run(params, adaptive_state, rng, known_latents, known_mask):
         warp = None
@@ -217,6 +218,7 @@ def _sample_fn(gen: Generator, sampler, steps, time_grid, t_min, temperature, se
             self_cond=self_cond,
             known_latents=known_latents,
             known_mask=known_mask,
+            sharding=latent_sharding,
         )
         logits = ldlm.decode_tokens(params, ldlm.decode_hidden(params, z0))
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
