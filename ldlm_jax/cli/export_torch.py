@@ -16,6 +16,7 @@ status is 1 when it exceeds --tolerance (default 1e-4).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 import numpy as np
@@ -130,45 +131,56 @@ def verify(
                 adaptive_timesteps.time_warp(state, grid, floor),
                 tsampling.time_warp({k_: tt(v) for k_, v in state.items()}, tt(grid), floor),
             )
+        warp = None
+        if adaptive_state:  # the ODE run uses the adaptive grid, so the warp is checked in use
+            warp = (
+                functools.partial(adaptive_timesteps.time_warp, state, floor=floor),
+                tmodel.time_warp(),
+            )
         for name in ("euler_maruyama", "ode_euler") if samplers is None else samplers:
-            rows.extend(_sampler_rows(jmodel, params, tmodel, name, sample_steps, batch, seed))
+            w = warp if name.startswith("ode") else None
+            rows.extend(_sampler_rows(jmodel, params, tmodel, name, sample_steps, batch, seed, w))
     return rows
 
 
-def _sampler_rows(jmodel, params, tmodel, sampler, steps, batch, seed) -> list[dict]:
-    """A short sampling run in both frameworks from the same injected noise: latents, tokens."""
+def _sampler_rows(jmodel, params, tmodel, sampler, steps, batch, seed, warp=None) -> list[dict]:
+    """A short sampling run in both frameworks from the same injected noise: latents, tokens.
+    warp: None or (jax u -> t, torch u -> t) for the adaptive time grid."""
     import jax
 
     from ldlm_jax import samplers as jsamplers
     from ldlm_jax.torch import sampling as tsampling
 
     shape = (batch, jmodel.num_latents, jmodel.latent_dim)
-    noise = jsamplers.draw_noise(jax.random.PRNGKey(seed), shape, sampler=sampler, steps=steps)
-    noise = jax.tree.map(np.asarray, noise)
-    z0 = np.asarray(
-        jsamplers.sample_latents(
-            jmodel.denoise_fn(params),
-            jmodel.schedule,
-            shape,
-            None,
-            sampler=sampler,
-            steps=steps,
-            noise=noise,
-        )
+    noise = np.random.default_rng(seed + 1).normal(size=(steps + 1, *shape)).astype(np.float32)
+    settings = dict(sampler=sampler, steps=steps, t_min=0.05)
+    z0 = jsamplers.sample_latents(
+        jmodel.denoise_fn(params),
+        jmodel.schedule,
+        shape,
+        jax.random.PRNGKey(seed),
+        noise=noise,
+        time_warp=None if warp is None else warp[0],
+        **settings,
     )
+    z0 = np.asarray(z0)
     ids = np.asarray(jmodel.decode_tokens(params, jmodel.decode_hidden(params, z0))).argmax(-1)
-    tnoise = tsampling.noise_from_numpy(noise)
     tz0 = tsampling.sample_latents(
-        tmodel.denoise, tmodel.schedule, sampler=sampler, steps=steps, noise=tnoise
+        tmodel.denoise,
+        tmodel.schedule,
+        noise=noise.copy(),
+        time_warp=None if warp is None else warp[1],
+        **settings,
     )
     tids = tmodel.decode_tokens(tmodel.decode_hidden(tz0)).argmax(-1).numpy()
     same = int((ids == tids).sum())
+    grid = "adaptive" if warp else "uniform"
     return [
         dict(
             module=f"sampler:{sampler}",
             max_abs_diff=_diff(z0, tz0.numpy()),
             scale=float(np.abs(z0).max()),
-            note=f"{steps} steps, z0",
+            note=f"{steps} steps, {grid} grid, z0",
         ),
         dict(
             module=f"tokens:{sampler}",
@@ -193,9 +205,8 @@ def format_rows(rows: list[dict]) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ldlm-export-torch",
-        description="Export an LDLM training checkpoint to a PyTorch folder (model.safetensors, "
-        "config.json, frozen_lm/) loadable with ldlm_jax.torch.LDLMTorch.from_pretrained(OUT).",
-        epilog="Example: ldlm-export-torch --workdir /tmp/ldlm_demo /tmp/demo_torch --ema --verify",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("out", metavar="OUT", help="output folder (created; files overwritten)")
     parser.add_argument("--workdir", required=True, help="training workdir holding checkpoints/")
@@ -228,6 +239,9 @@ def main(argv=None) -> int:
     print(f"exported step {src['step']} ({src['weights']} weights) of {args.workdir} to {args.out}")
     if not args.verify:
         return 0
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
     rows = verify(
         args.out,
         restored["config"],

@@ -249,14 +249,20 @@ class LDLMTorch(nn.Module):
         return lambda u: sampling.time_warp(self.adaptive, u, self.adaptive_floor)
 
     @torch.no_grad()
-    def sample_tokens(self, noise: dict, **settings) -> torch.Tensor:
-        """Token ids [B, L] (argmax) from injected noise (sampling.sample_latents' `noise`)."""
-        if settings.get("time_grid", "uniform") == "adaptive":
+    def sample_tokens(self, batch: int = 1, *, noise=None, generator=None, **settings):
+        """Token ids [B, L] (argmax of the decoded sample).
+
+        noise: [steps + 1, B, K, Dz] injected standard normal draws (as the JAX sampler's), or
+        None to draw from `generator`; settings: sampler, steps, t_min, temperature, self_cond,
+        time_grid ('uniform' | 'adaptive'), known_latents / known_mask."""
+        if settings.pop("time_grid", "uniform") == "adaptive":
             if self.adaptive is None:
                 raise ValueError("the 'adaptive' time grid needs an export with adaptive state")
             settings["time_warp"] = self.time_warp()
-        settings.pop("time_grid", None)
-        z0 = sampling.sample_latents(self.denoise, self.schedule, noise=noise, **settings)
+        shape = (batch, *self.latent_shape) if noise is None else None
+        z0 = sampling.sample_latents(
+            self.denoise, self.schedule, shape, noise=noise, generator=generator, **settings
+        )
         return self.decode_tokens(self.decode_hidden(z0)).argmax(-1)
 
     @torch.no_grad()
@@ -289,8 +295,7 @@ class LDLMTorch(nn.Module):
         rows = []
         while len(rows) < num:
             b = min(batch_size, num - len(rows))
-            noise = sampling.draw_noise(sampler, steps, (b, *self.latent_shape), gen)
-            ids = self.sample_tokens(noise, sampler=sampler, steps=steps, **settings)
+            ids = self.sample_tokens(b, generator=gen, sampler=sampler, steps=steps, **settings)
             rows.extend(ids.tolist())
         samples = []
         for i, row in enumerate(rows):
