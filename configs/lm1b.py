@@ -11,12 +11,12 @@ ldlm-convert-lm via --config.frozen_lm.source=DIR.
 Sizes and FLOPs without weights: ldlm-info --config configs/lm1b.py
 """
 
-from ldlm_jax.config import base_config
+from ldlm_jax.config import ConfigError, base_config
 
 
 def get_config(variant=None):
     if variant:
-        raise ValueError(f"configs/lm1b.py has no variants (got {variant!r})")
+        raise ConfigError(f"configs/lm1b.py has no variants (got {variant!r})")
     c = base_config()
     c.name = "lm1b"
     c.frozen_lm.source = "gpt2"

@@ -15,12 +15,12 @@ frozen_lm.source='gpt2' is the hub name (needs network); on a machine without it
 Inspect sizes and FLOPs without any weights: ldlm-info --config configs/owt.py
 """
 
-from ldlm_jax.config import base_config
+from ldlm_jax.config import ConfigError, base_config
 
 
 def get_config(variant=None):
     if variant:
-        raise ValueError(f"configs/owt.py has no variants (got {variant!r})")
+        raise ConfigError(f"configs/owt.py has no variants (got {variant!r})")
     c = base_config()
     c.name = "owt"
     c.frozen_lm.source = "gpt2"

@@ -9,7 +9,7 @@ Variants:
   ldlm-train --config configs/tiny.py:random_lm --workdir /tmp/ldlm_tiny --config.train.steps=20
 """
 
-from ldlm_jax.config import base_config
+from ldlm_jax.config import ConfigError, base_config
 
 
 def get_config(variant=None):
@@ -27,7 +27,9 @@ def get_config(variant=None):
     c.model.latent_decoder.update(num_layers=2, width=64, num_heads=4, mlp_dim=128)
     c.model.token_decoder.update(num_layers=1, width=64, num_heads=4, mlp_dim=128)
 
-    c.recipe.gamma_warmup_steps = 100
+    c.model.perceiver_local_bias = 16.0  # learn the Perceiver routing in hundreds of steps
+    c.recipe.gamma_warmup_steps = 2000  # the learning test stays in the early-warmup regime
+    c.recipe.decoder_noise = 0.2
     c.recipe.adaptive_bins = 20
 
     c.data.source = "bible"
@@ -36,7 +38,8 @@ def get_config(variant=None):
 
     c.train.steps = 200
     c.train.batch_size = 8
-    c.train.learning_rate = 1e-3
+    c.train.learning_rate = 1e-2
+    c.train.weight_decay = 0.0
     c.train.lr_warmup_steps = 10
     c.train.ema_decay = 0.99
     c.train.log_every = 10
@@ -55,5 +58,5 @@ def get_config(variant=None):
         c.frozen_lm.random_layers = 2
         c.frozen_lm.random_heads = 2
     elif variant:
-        raise ValueError(f"configs/tiny.py has no variant {variant!r}; use 'random_lm' or none")
+        raise ConfigError(f"configs/tiny.py has no variant {variant!r}; use 'random_lm' or none")
     return c

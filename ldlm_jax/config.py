@@ -74,6 +74,9 @@ def base_config() -> ConfigDict:
         )
     )
     c.model.latent_decoder = ConfigDict(dict(num_layers=6, width=768, num_heads=12, mlp_dim=3072))
+    # Not in the paper: ALiBi-style locality bias in the encoder's and latent decoder's Perceiver
+    # attention (slope; 0 = off, the paper's setting). Small models learn the routing faster.
+    c.model.perceiver_local_bias = 0.0
     c.model.token_decoder = ConfigDict(dict(num_layers=3, width=768, num_heads=12, mlp_dim=3072))
 
     # Continuous diffusion on the latents.
@@ -339,6 +342,8 @@ def validate_config(config: ConfigDict) -> None:
             f"model.denoiser.num_layers={model.denoiser.num_layers} must be even when "
             "model.denoiser.unet_skips is on (half the blocks feed the other half)"
         )
+    if model.perceiver_local_bias < 0:
+        raise ConfigError(f"model.perceiver_local_bias={model.perceiver_local_bias} must be >= 0")
     if model.latent_count < 0:
         raise ConfigError(f"model.latent_count={model.latent_count} must be >= 0 (0 means K = L)")
     if model.latent_count > config.data.seq_len:

@@ -22,6 +22,26 @@ from ldlm_jax.layers import Attention, Dense, GeluMLP, LearnedEmbedding, RMSNorm
 Dtype = Any
 
 
+def locality_bias(num_queries: int, num_context: int, num_heads: int, slope: float):
+    """ALiBi-style logits bias -slope_h * |p_q - p_k| over keys [queries; context], or None.
+
+    Queries and context items are placed on a common [0, 1) axis (slot i of n at (i + 0.5) / n),
+    so with K != L latent k starts out attending to its own stretch of tokens. Head h uses
+    slope * 2^(-h) * max(num_queries, num_context) (some heads stay nearly global). Not in the
+    spec: an optional inductive bias (model.perceiver_local_bias; 0 = off) that lets small
+    Perceivers learn the positional routing in hundreds rather than thousands of steps.
+    Returns: float32 [heads, Q, Q + C] or None.
+    """
+    if slope <= 0:
+        return None
+    pq = (jnp.arange(num_queries) + 0.5) / num_queries
+    pc = (jnp.arange(num_context) + 0.5) / num_context
+    pk = jnp.concatenate([pq, pc])
+    dist = jnp.abs(pq[:, None] - pk[None, :])
+    slopes = slope * max(num_queries, num_context) * 2.0 ** -jnp.arange(num_heads)
+    return -(slopes[:, None, None] * dist[None]).astype(jnp.float32)
+
+
 class PerceiverLayer(nn.Module):
     """One latent-attention layer: queries from `x`, keys/values from [x; context], then an FFN.
 
@@ -30,6 +50,7 @@ class PerceiverLayer(nn.Module):
 
     num_heads: int
     mlp_dim: int
+    local_bias: float = 0.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -46,9 +67,9 @@ class PerceiverLayer(nn.Module):
         if context_mask is not None:
             own = jnp.ones(x.shape[:2], dtype=bool)
             key_mask = jnp.concatenate([own, context_mask.astype(bool)], axis=1)
-        x = x + Attention(self.num_heads, qk_norm=True, name="attention", **kw)(
-            x_norm, kv, key_mask
-        )
+        bias = locality_bias(x.shape[1], context.shape[1], self.num_heads, self.local_bias)
+        attention = Attention(self.num_heads, qk_norm=True, name="attention", **kw)
+        x = x + attention(x_norm, kv, key_mask, bias)
         x = x + GeluMLP(self.mlp_dim, name="mlp", **kw)(RMSNorm(name="mlp_norm", **kw)(x))
         return constrain(x)
 
@@ -62,6 +83,7 @@ class Encoder(nn.Module):
     num_layers: int
     num_heads: int
     mlp_dim: int
+    local_bias: float = 0.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -82,8 +104,9 @@ class Encoder(nn.Module):
         )()
         x = jnp.broadcast_to(latents.astype(self.dtype), (h.shape[0], *latents.shape))
         for i in range(self.num_layers):
-            x = PerceiverLayer(self.num_heads, self.mlp_dim, name=f"layer_{i}", **kw)(
-                x, features, mask
+            layer = PerceiverLayer(
+                self.num_heads, self.mlp_dim, self.local_bias, name=f"layer_{i}", **kw
             )
+            x = layer(x, features, mask)
         z0 = RMSNorm(dtype=jnp.float32, param_dtype=self.param_dtype, name="output_norm")(x)
         return constrain(z0, ("batch", "latent", "embed"))

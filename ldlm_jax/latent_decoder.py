@@ -32,6 +32,7 @@ class LatentDecoder(nn.Module):
     num_layers: int
     num_heads: int
     mlp_dim: int
+    local_bias: float = 0.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -52,7 +53,10 @@ class LatentDecoder(nn.Module):
         queries = LearnedEmbedding(self.length, self.width, name="queries")()
         x = jnp.broadcast_to(queries.astype(self.dtype), (batch, self.length, self.width))
         for i in range(self.num_layers):
-            x = PerceiverLayer(self.num_heads, self.mlp_dim, name=f"layer_{i}", **kw)(x, context)
+            layer = PerceiverLayer(
+                self.num_heads, self.mlp_dim, self.local_bias, name=f"layer_{i}", **kw
+            )
+            x = layer(x, context)
         x = RMSNorm(name="output_norm", **kw)(x)
         h_hat = Dense(self.lm_dim, ("embed", "mlp"), name="output_proj", **kw)(x)
         return constrain(h_hat.astype(jnp.float32))

@@ -135,9 +135,14 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x_q: jax.Array, x_kv: jax.Array | None = None, key_mask: jax.Array | None = None
+        self,
+        x_q: jax.Array,
+        x_kv: jax.Array | None = None,
+        key_mask: jax.Array | None = None,
+        bias: jax.Array | None = None,
     ) -> jax.Array:
-        """x_q [B, Lq, D], x_kv [B, Lk, D], key_mask [B, Lk] (1/True = attend) -> [B, Lq, D]."""
+        """x_q [B, Lq, D], x_kv [B, Lk, D], key_mask [B, Lk] (1/True = attend), bias: float
+        [heads, Lq, Lk] added to the attention logits, or None -> [B, Lq, D]."""
         x_kv = x_q if x_kv is None else x_kv
         width = x_q.shape[-1]
         head_dim = width // self.num_heads
@@ -162,6 +167,8 @@ class Attention(nn.Module):
             k = apply_rope(k, jnp.arange(k.shape[1]), self.rope_theta)
         q = q.astype(self.dtype) * jnp.asarray(1.0 / math.sqrt(head_dim), self.dtype)
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k.astype(self.dtype)).astype(jnp.float32)
+        if bias is not None:
+            logits = logits + bias[None].astype(jnp.float32)
         if key_mask is not None:
             big_neg = jnp.finfo(jnp.float32).min
             logits = jnp.where(key_mask[:, None, None, :].astype(bool), logits, big_neg)

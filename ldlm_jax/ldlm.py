@@ -63,6 +63,7 @@ class LDLMNetworks(nn.Module):
             num_layers=enc.num_layers,
             num_heads=enc.num_heads,
             mlp_dim=enc.mlp_dim,
+            local_bias=m.perceiver_local_bias,
             **kw,
         )
         self.denoiser = Denoiser(
@@ -84,6 +85,7 @@ class LDLMNetworks(nn.Module):
             num_layers=ldec.num_layers,
             num_heads=ldec.num_heads,
             mlp_dim=ldec.mlp_dim,
+            local_bias=m.perceiver_local_bias,
             **kw,
         )
         self.token_decoder = TokenDecoder(
