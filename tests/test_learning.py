@@ -24,7 +24,7 @@ from ldlm_jax.config import load_config
 from ldlm_jax.frozen_lm import compute_hidden_stats, frozen_lm_from_config
 from ldlm_jax.ldlm import LDLM
 
-STEPS, BATCH, TRAIN, HELD_OUT = 600, 8, 256, 128
+STEPS, BATCH, TRAIN, HELD_OUT = 800, 8, 256, 128
 
 
 def bible_verses(n: int, seed: int = 0) -> list[str]:
