@@ -21,7 +21,7 @@ from train_utils import REPO, tiny_config
 from ldlm_jax import adaptive_timesteps, checkpointing, trainer
 from ldlm_jax import torch_export as te
 from ldlm_jax.cli import export_torch as cli
-from ldlm_jax.config import load_config
+from ldlm_jax.config import SAMPLERS, load_config
 from ldlm_jax.frozen_lm import frozen_lm_from_config
 from ldlm_jax.ldlm import LDLM
 
@@ -39,19 +39,29 @@ def _write_json(path, value):
         json.dump(value, f)
 
 
-def _perturbed_params(model, seed=0):
-    params = jax.jit(model.init_params)(jax.random.PRNGKey(seed))
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-    noisy = [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
-    return jax.tree.unflatten(treedef, noisy)
+def _random_params(model, seed=0):
+    """Random params of the model's shapes, drawn in numpy (no init compile): kernels scaled by
+    1/sqrt(fan_in), norm scales 1 + noise, biases noise, so no tensor is trivially 0 or 1."""
+    rng = np.random.default_rng(seed)
+
+    def leaf(path, x):
+        names = [str(getattr(k, "key", k)) for k in path]
+        noise = rng.normal(size=x.shape).astype(np.float32)
+        if x.ndim == 1:
+            return (1.0 + 0.1 * noise) if names[-1] == "scale" else 0.1 * noise
+        if names[-1] == "embedding":
+            return 0.5 * noise
+        fan_in = int(np.prod(x.shape[:-1])) if names[-2] == "out" else x.shape[0]
+        return noise / np.float32(np.sqrt(fan_in))
+
+    return jax.tree_util.tree_map_with_path(leaf, model.abstract_params())
 
 
 def _export(tmp_path_factory, config, name):
     """Random (perturbed) params, random stats and adaptive state, exported to a tmp folder."""
     frozen_lm = frozen_lm_from_config(config)
     model = LDLM(config, frozen_lm)
-    params = _perturbed_params(model)
+    params = _random_params(model)
     rng = np.random.default_rng(0)
     dh = frozen_lm.hidden_size
     stats = {
@@ -88,6 +98,7 @@ def demo(tmp_path_factory):
 @pytest.mark.parametrize("name", ["tiny", "demo"])
 def test_every_module_and_sampler_match(name, request):
     ex = request.getfixturevalue(name)
+    samplers = SAMPLERS if name == "tiny" else ("euler_maruyama", "ode_euler")
     rows = cli.verify(
         ex["out"],
         ex["config"],
@@ -96,10 +107,11 @@ def test_every_module_and_sampler_match(name, request):
         ex["stats"],
         ex["adaptive"],
         sample_steps=3,
+        samplers=samplers,
     )
     print("\n".join(cli.format_rows(rows)))
     modules = {r["module"] for r in rows}
-    assert {
+    expected = {
         "frozen_lm",
         "encoder",
         "denoiser",
@@ -107,14 +119,49 @@ def test_every_module_and_sampler_match(name, request):
         "token_decoder",
         "schedule",
         "time_warp",
-        "sampler:euler_maruyama",
-        "tokens:euler_maruyama",
-        "sampler:ode_euler",
-        "tokens:ode_euler",
-    } <= modules
+    }
+    expected |= {f"{kind}:{s}" for s in samplers for kind in ("sampler", "tokens")}
+    assert expected <= modules
     for row in rows:
         assert row["max_abs_diff"] <= TOL, row
         assert row["module"].startswith("tokens") or row["scale"] > 0.1, row  # not all zeros
+
+
+def test_infilling_matches(tiny):
+    """Known latents held fixed (prompts / infilling) give the same sample in both frameworks."""
+    from ldlm_jax import samplers as jsamplers
+    from ldlm_jax.torch import LDLMTorch
+    from ldlm_jax.torch import sampling as tsampling
+
+    model = LDLM(tiny["config"], tiny["frozen_lm"])
+    tmodel = LDLMTorch.from_pretrained(tiny["out"], load_frozen_lm=False)
+    shape = (2, model.num_latents, model.latent_dim)
+    rng = np.random.default_rng(3)
+    noise = rng.normal(size=(4, *shape)).astype(np.float32)
+    known = rng.normal(size=shape).astype(np.float32)
+    mask = np.zeros(shape[:2], bool)
+    mask[:, :5] = True
+    kw = dict(sampler="ddpm", steps=3, t_min=0.05)
+    z0 = jsamplers.sample_latents(
+        model.denoise_fn(tiny["params"]),
+        model.schedule,
+        shape,
+        jax.random.PRNGKey(0),
+        noise=noise,
+        known_latents=known,
+        known_mask=mask,
+        **kw,
+    )
+    tz0 = tsampling.sample_latents(
+        tmodel.denoise,
+        tmodel.schedule,
+        noise=torch.tensor(noise),
+        known_latents=torch.tensor(known),
+        known_mask=torch.tensor(mask),
+        **kw,
+    )
+    np.testing.assert_allclose(np.asarray(z0), tz0.numpy(), atol=TOL, rtol=0)
+    np.testing.assert_array_equal(tz0.numpy()[:, :5], known[:, :5])
 
 
 def test_round_trip_is_bitwise(tiny):
@@ -202,12 +249,14 @@ def test_bad_inputs(tiny, tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory):
-    """2 training steps of the tiny config on a data x fsdp = 4 x 2 mesh (sharded checkpoint)."""
+    """2 training steps of the tiny config on a data x fsdp x tensor = 2 x 2 x 2 mesh (params
+    saved sharded); the same program as test_checkpoint_resume's resume onto that mesh, so the
+    persistent compile cache serves both."""
     jax.config.update("jax_disable_most_optimizations", True)
     try:
         workdir = str(tmp_path_factory.mktemp("trained"))
-        config = tiny_config("train.steps=2", "mesh.data=4", "mesh.fsdp=2")
-        trainer.train(config, workdir)
+        config = tiny_config("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
+        trainer.train(config, workdir, stop_at=2)
     finally:
         jax.config.update("jax_disable_most_optimizations", False)
     assert checkpointing.latest_step(workdir) == 2
@@ -219,7 +268,7 @@ def test_cli_verify_from_training_checkpoint(trained_workdir, tmp_path, capsys):
     assert cli.main(["--workdir", trained_workdir, "--step", "7", out]) == 2
     assert "no checkpoint at step 7" in capsys.readouterr().err
     assert (
-        cli.main(["--workdir", trained_workdir, out, "--ema", "--verify", "--verify-steps", "2"])
+        cli.main(["--workdir", trained_workdir, out, "--ema", "--verify", "--verify-steps", "3"])
         == 0
     )
     lines = capsys.readouterr().out.strip().splitlines()

@@ -95,25 +95,30 @@ def verify(
     def tt(x):  # a writable float/int copy (jax arrays are read-only views)
         return torch.from_numpy(np.array(x, copy=True))
 
+    # One jitted program per module: fewer, larger compiles than op-by-op dispatch.
+    hidden, encode, denoise = (
+        jax.jit(jmodel.hidden),
+        jax.jit(jmodel.encode),
+        jax.jit(jmodel.denoise),
+    )
+    decode_hidden, decode_tokens = jax.jit(jmodel.decode_hidden), jax.jit(jmodel.decode_tokens)
     with jax.default_matmul_precision("highest"), torch.no_grad():
         stats = hidden_stats if cfg.frozen_lm.normalize else None
         h = add(
             "frozen_lm",
-            jmodel.hidden(frozen_lm.params, stats, ids, mask),
+            hidden(frozen_lm.params, stats, ids, mask),
             tmodel.hidden(tt(ids), tt(mask)),
             mask,
             f"{frozen_lm.arch}, real tokens",
         )
-        z0 = add("encoder", jmodel.encode(params, h, mask), tmodel.encode(tt(h), tt(mask)))
+        z0 = add("encoder", encode(params, h, mask), tmodel.encode(tt(h), tt(mask)))
         t = rng.uniform(0.05, 1.0, (batch,)).astype(np.float32)
         sc = rng.normal(size=(batch, k, dz)).astype(np.float32)
-        add("denoiser", jmodel.denoise(params, z0, t, sc), tmodel.denoise(tt(z0), tt(t), tt(sc)))
-        h_hat = add(
-            "latent_decoder", jmodel.decode_hidden(params, z0), tmodel.decode_hidden(tt(z0))
-        )
+        add("denoiser", denoise(params, z0, t, sc), tmodel.denoise(tt(z0), tt(t), tt(sc)))
+        h_hat = add("latent_decoder", decode_hidden(params, z0), tmodel.decode_hidden(tt(z0)))
         add(
             "token_decoder",
-            jmodel.decode_tokens(params, h_hat, mask),
+            decode_tokens(params, h_hat, mask),
             tmodel.decode_tokens(tt(h_hat), tt(mask)),
         )
         grid = np.linspace(0.0, 1.0, 101, dtype=np.float32)
@@ -125,7 +130,7 @@ def verify(
             from ldlm_jax.torch import sampling as tsampling
 
             floor = float(cfg.recipe.adaptive_floor)
-            state = {k_: np.asarray(v) for k_, v in adaptive_state.items()}
+            state = {k_: jax.numpy.asarray(v) for k_, v in adaptive_state.items()}
             add(
                 "time_warp",
                 adaptive_timesteps.time_warp(state, grid, floor),
@@ -133,10 +138,7 @@ def verify(
             )
         warp = None
         if adaptive_state:  # the ODE run uses the adaptive grid, so the warp is checked in use
-            warp = (
-                functools.partial(adaptive_timesteps.time_warp, state, floor=floor),
-                tmodel.time_warp(),
-            )
+            warp = (state, floor, tmodel.time_warp())
         for name in ("euler_maruyama", "ode_euler") if samplers is None else samplers:
             w = warp if name.startswith("ode") else None
             rows.extend(_sampler_rows(jmodel, params, tmodel, name, sample_steps, batch, seed, w))
@@ -145,31 +147,39 @@ def verify(
 
 def _sampler_rows(jmodel, params, tmodel, sampler, steps, batch, seed, warp=None) -> list[dict]:
     """A short sampling run in both frameworks from the same injected noise: latents, tokens.
-    warp: None or (jax u -> t, torch u -> t) for the adaptive time grid."""
+    warp: None or (adaptive state, floor, torch u -> t) for the adaptive time grid."""
     import jax
 
+    from ldlm_jax import adaptive_timesteps
     from ldlm_jax import samplers as jsamplers
     from ldlm_jax.torch import sampling as tsampling
 
     shape = (batch, jmodel.num_latents, jmodel.latent_dim)
     noise = np.random.default_rng(seed + 1).normal(size=(steps + 1, *shape)).astype(np.float32)
     settings = dict(sampler=sampler, steps=steps, t_min=0.05)
-    z0 = jsamplers.sample_latents(
-        jmodel.denoise_fn(params),
-        jmodel.schedule,
-        shape,
-        jax.random.PRNGKey(seed),
-        noise=noise,
-        time_warp=None if warp is None else warp[0],
-        **settings,
-    )
-    z0 = np.asarray(z0)
-    ids = np.asarray(jmodel.decode_tokens(params, jmodel.decode_hidden(params, z0))).argmax(-1)
+
+    @jax.jit
+    def run(params, noise, warp_state):  # weights and state are arguments: no baked constants
+        time_warp = None
+        if warp is not None:
+            time_warp = functools.partial(adaptive_timesteps.time_warp, warp_state, floor=warp[1])
+        z0 = jsamplers.sample_latents(
+            jmodel.denoise_fn(params),
+            jmodel.schedule,
+            shape,
+            jax.random.PRNGKey(seed),
+            noise=noise,
+            time_warp=time_warp,
+            **settings,
+        )
+        return z0, jmodel.decode_tokens(params, jmodel.decode_hidden(params, z0)).argmax(-1)
+
+    z0, ids = (np.asarray(x) for x in run(params, noise, None if warp is None else warp[0]))
     tz0 = tsampling.sample_latents(
         tmodel.denoise,
         tmodel.schedule,
         noise=noise.copy(),
-        time_warp=None if warp is None else warp[1],
+        time_warp=None if warp is None else warp[2],
         **settings,
     )
     tids = tmodel.decode_tokens(tmodel.decode_hidden(tz0)).argmax(-1).numpy()
