@@ -209,6 +209,22 @@ def test_generate_in_torch_without_jax(tiny):
     assert em != ode
 
 
+NO_TORCH = """
+import sys
+sys.modules["torch"] = None  # any torch import now fails
+import ldlm_jax.torch  # lazy: imports nothing heavy
+import ldlm_jax.torch_export, ldlm_jax.torch.names, ldlm_jax.trainer, ldlm_jax.generation
+print("ok")
+"""
+
+
+def test_torch_stays_optional():
+    out = subprocess.run(
+        [sys.executable, "-c", NO_TORCH], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
 def test_bad_inputs(tiny, tmp_path):
     from ldlm_jax.torch import ExportFormatError, LDLMTorch
 

@@ -260,8 +260,15 @@ class LDLMTorch(nn.Module):
                 raise ValueError("the 'adaptive' time grid needs an export with adaptive state")
             settings["time_warp"] = self.time_warp()
         shape = (batch, *self.latent_shape) if noise is None else None
+        device = next(self.networks.parameters()).device
         z0 = sampling.sample_latents(
-            self.denoise, self.schedule, shape, noise=noise, generator=generator, **settings
+            self.denoise,
+            self.schedule,
+            shape,
+            noise=noise,
+            generator=generator,
+            device=device,
+            **settings,
         )
         return self.decode_tokens(self.decode_hidden(z0)).argmax(-1)
 

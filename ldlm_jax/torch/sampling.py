@@ -215,6 +215,7 @@ def sample_latents(
     known_mask=None,
     noise=None,
     generator=None,
+    device=None,
 ):
     """The reverse-time loop of ldlm_jax.samplers.sample_latents, step for step.
 
@@ -224,6 +225,7 @@ def sample_latents(
       noise: [steps + 1, B, K, D] standard normal draws (index 0: the prior; i: grid point i),
         the same array the JAX sampler takes; else draws come from torch `generator`.
       known_latents [B,K,D] / known_mask [B,K] bool: infilling by replacement.
+      device: where the loop runs (the model's device; draws are made on the generator's).
     Returns:
       z0 [B, K, D] float32: the last x0 estimate, at t_min.
     """
@@ -235,25 +237,28 @@ def sample_latents(
             raise ValueError(f"noise must be [steps + 1, B, K, D] = {(steps + 1, *shape)}")
     shape = tuple(int(n) for n in shape)
     infill = known_latents is not None
+    if infill:
+        known_latents = torch.as_tensor(known_latents, dtype=torch.float32, device=device)
+        known_mask = torch.as_tensor(known_mask, device=device).bool()
     needs_noise = sampler in STOCHASTIC_SAMPLERS or infill
 
     def draw(i):
         if noise is not None:
-            return noise[i]
-        return torch.randn(shape, generator=generator, dtype=torch.float32)
+            return noise[i].to(device)
+        return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
 
-    zeros = torch.zeros(shape, dtype=torch.float32)
+    zeros = torch.zeros(shape, dtype=torch.float32, device=device)
 
     def denoise(z, t, sc):
-        t_b = torch.full((shape[0],), float(t), dtype=torch.float32)
+        t_b = torch.full((shape[0],), float(t), dtype=torch.float32, device=device)
         return denoise_fn(z, t_b, sc if self_cond else zeros).float()
 
     def place_known(z, t, eps):
         if not infill:
             return z
         alpha, sigma = _alpha_sigma(schedule, t)
-        noised = alpha * known_latents.float() + (0.0 if eps is None else sigma * eps)
-        return torch.where(known_mask[..., None].bool(), noised, z)
+        noised = alpha * known_latents + (0.0 if eps is None else sigma * eps)
+        return torch.where(known_mask[..., None], noised, z)
 
     grid = time_grid(steps, float(t_min), time_warp)
     eps0 = draw(0)
@@ -273,7 +278,7 @@ def sample_latents(
         z, x0_prev = place_known(z_new, s, eps), x0
     x0 = denoise(z, grid[-1], x0_prev)
     if infill:
-        x0 = torch.where(known_mask[..., None].bool(), known_latents.float(), x0)
+        x0 = torch.where(known_mask[..., None], known_latents, x0)
     return x0
 
 
