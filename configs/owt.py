@@ -36,6 +36,8 @@ def get_config(variant=None):
     c.data.seq_len = 1024
     c.data.mode = "pack"
     c.data.validation_fraction = 0.0  # the held-out split is made by ldlm-prepare-data
+    c.data.hf_dataset = "Skylion007/openwebtext"  # ldlm-prepare-data's input (needs network)
+    c.data.validation_docs = 100_000  # ldlm-prepare-data holds out the last 100k documents
 
     c.train.steps = 1_000_000
     c.train.batch_size = 512
