@@ -86,3 +86,12 @@ def test_help_and_no_input(capsys):
     assert info.value.code == 0 and "--hf-dataset" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no input"):
         prepare_data.main(["--output", "/tmp/unused"])
+
+
+def test_owt_config_names_its_hub_input(tmp_path, capsys):
+    # Offline here: the run must stop with a readable message, before writing anything.
+    out = str(tmp_path / "owt")
+    owt = os.path.join(os.path.dirname(FIXTURES), os.pardir, "configs", "owt.py")
+    assert prepare_data.main(["--config", owt, "--output", out]) == 1
+    assert "'Skylion007/openwebtext'" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(out, prepared_dataset.MANIFEST))

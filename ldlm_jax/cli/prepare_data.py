@@ -77,8 +77,16 @@ def _hf_input(name: str, split: str, text_field: str) -> DocumentInput:
     try:
         import datasets  # lazily: only this path needs it
     except ImportError as error:
-        raise SystemExit("ldlm-prepare-data: --hf-dataset needs `pip install datasets`") from error
-    data = datasets.load_dataset(name, split=split)
+        raise corpora.CorpusError(
+            "--hf-dataset needs the `datasets` package: pip install datasets"
+        ) from error
+    try:
+        data = datasets.load_dataset(name, split=split)
+    except Exception as error:  # hub / network / cache errors come in many types
+        raise corpora.CorpusError(
+            f"cannot load HF dataset {name!r} split {split!r} ({type(error).__name__}: {error}); "
+            "this needs network access or a local HF datasets cache"
+        ) from error
     if text_field not in data.column_names:
         raise corpora.CorpusError(
             f"HF dataset {name}[{split}] has no field {text_field!r} ({data.column_names}); "
