@@ -78,7 +78,7 @@ def _hf_input(name: str, split: str, text_field: str) -> DocumentInput:
         import datasets  # lazily: only this path needs it
     except ImportError as error:
         raise corpora.CorpusError(
-            "--hf-dataset needs the `datasets` package: pip install datasets"
+            f"reading the HF dataset {name!r} needs the `datasets` package: pip install datasets"
         ) from error
     try:
         data = datasets.load_dataset(name, split=split)
