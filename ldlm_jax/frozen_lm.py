@@ -151,7 +151,7 @@ class FrozenLM:
         return self._jitted[layer]
 
     def logical_axes(self):
-        """Pytree matching params of PartitionSpecs of logical axis names (CONTRACTS.md)."""
+        """Pytree matching params of PartitionSpecs of logical axis names."""
         ids = jax.ShapeDtypeStruct((1, 8), jnp.int32)
         boxed = jax.eval_shape(self.module.init, jax.random.PRNGKey(0), ids)["params"]
         return nn.get_partition_spec(boxed)

@@ -1,7 +1,7 @@
 """Building blocks shared by the LDLM networks: norms, attention, feed-forward nets, time embedding.
 
-Every parameter is created through `nn.with_logical_partitioning` with the logical axis names of
-CONTRACTS.md (`embed`, `mlp`, `heads`, `kv`, `vocab`, `length`, `latent`, `norm`), so the
+Every parameter is created through `nn.with_logical_partitioning` with the logical axis names
+(`embed`, `mlp`, `heads`, `kv`, `vocab`, `length`, `latent`, `norm`), so the
 sharding is decided by `config.logical_axis_rules`, not here. A matrix whose two axes would both
 be `embed` (a width->width projection) names its input axis `mlp`: Flax forbids one name twice.
 

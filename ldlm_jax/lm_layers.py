@@ -1,7 +1,7 @@
 """Shared pieces of the frozen pretrained LMs (GPT-2, BERT, Llama family) in Flax Linen.
 
-Every parameter is created with `nn.with_logical_partitioning` and the logical names of
-CONTRACTS.md: attention kernels q/k/v [embed, heads, kv], out [heads, kv, embed]; FFN kernels
+Every parameter is created with `nn.with_logical_partitioning` and these logical names:
+attention kernels q/k/v [embed, heads, kv], out [heads, kv, embed]; FFN kernels
 [embed, mlp] / [mlp, embed]; embeddings [vocab, embed] / [length, embed]; 1-D norms and biases
 ("norm",). Numerics follow the HF PyTorch models: converted weights agree to ~1e-5 in float32.
 """
@@ -32,7 +32,7 @@ class LMOutput:
 
 
 def partitioned(init, names: tuple):
-    """An initializer boxed with logical axis names (see CONTRACTS.md)."""
+    """An initializer boxed with logical axis names (see the module docstring)."""
     return nn.with_logical_partitioning(init, names)
 
 

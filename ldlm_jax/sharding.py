@@ -1,9 +1,9 @@
 """Sharding as data: the (data, fsdp, tensor) mesh and the logical-axis-rules table.
 
-Every parameter is created with logical axis names (CONTRACTS.md). `config.mesh` gives the mesh
-axis sizes (one may be -1: fill with the remaining devices) and `config.logical_axis_rules` maps
-each logical name to mesh axes. From the boxed abstract parameters (`jax.eval_shape(init)`) we
-derive one PartitionSpec per parameter:
+Every parameter is created with logical axis names (layers.py, lm_layers.py); `config.mesh`
+gives the mesh axis sizes (one may be -1: fill with the remaining devices) and
+`config.logical_axis_rules` maps each logical name to mesh axes. From the boxed abstract
+parameters (`jax.eval_shape(init)`) we derive one PartitionSpec per parameter:
 - a logical name without a rule is an error naming it (and the parameter);
 - a dimension not divisible by the product of its mesh axes is replicated, with a warning naming
   the parameter (e.g. 6 heads on a tensor axis of 4);

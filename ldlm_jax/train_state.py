@@ -1,4 +1,4 @@
-"""The train state (CONTRACTS.md) and its sharded, abstract-first initialisation.
+"""The train state and its sharded, abstract-first initialisation.
 
 TrainState = {step, params, opt_state, ema_params, adaptive_state, rng}: everything the optimiser
 changes, donated to and returned by the train step. The frozen LM's params and the hidden-state
