@@ -28,6 +28,7 @@ DATA_SOURCES = ("bible", "text_files", "prepared", "tfds_lm1b", "synthetic")
 DATA_MODES = ("pack", "pad")
 TEXT_UNITS = ("line", "paragraph", "file")
 DTYPES = ("float32", "bfloat16")
+REMAT_MODES = ("none", "full", "dots")
 
 
 class ConfigError(ValueError):
@@ -60,6 +61,10 @@ def base_config() -> ConfigDict:
     c.model.latent_dim = 768
     c.model.dtype = "bfloat16"  # compute dtype
     c.model.param_dtype = "float32"  # master weights
+    # Activation checkpointing of every transformer/Perceiver layer (the training backward pass
+    # recomputes it): 'none'; 'full' (keep only layer inputs); 'dots' (also keep the weight
+    # matmuls, recompute attention and elementwise ops). Same params, same results.
+    c.model.remat = "none"
     c.model.encoder = ConfigDict(dict(num_layers=6, num_heads=12, mlp_dim=3072))
     c.model.denoiser = ConfigDict(
         dict(
@@ -327,6 +332,7 @@ def validate_config(config: ConfigDict) -> None:
         )
     _check_choice(config, "model.dtype", DTYPES)
     _check_choice(config, "model.param_dtype", DTYPES)
+    _check_choice(config, "model.remat", REMAT_MODES)
     _check_choice(config, "frozen_lm.dtype", DTYPES)
     model = config.model
     if model.latent_dim != model.denoiser.width:

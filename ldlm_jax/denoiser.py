@@ -17,7 +17,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ldlm_jax.layers import Attention, Dense, RMSNorm, SwiGLU, constrain, timestep_embedding
+from ldlm_jax.layers import (
+    Attention,
+    Dense,
+    RMSNorm,
+    SwiGLU,
+    constrain,
+    remat_layer,
+    timestep_embedding,
+)
 
 Dtype = Any
 
@@ -69,6 +77,7 @@ class Denoiser(nn.Module):
     time_max_period: float = 10.0
     time_mlp_dim: int = 1536
     unet_skips: bool = True
+    remat: str = "none"  # activation checkpointing per block (layers.remat_layer)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -86,6 +95,7 @@ class Denoiser(nn.Module):
         x = z_t.astype(self.dtype)
         half = self.num_layers // 2
         skips = []
+        block_cls = remat_layer(LlamaBlock, self.remat)
         for i in range(self.num_layers):
             if self.unet_skips and i >= self.num_layers - half and skips:
                 x = x + skips.pop()
@@ -98,8 +108,6 @@ class Denoiser(nn.Module):
             x = x + cond_t[:, None, :] + cond_sc
             if self.unet_skips and i < half:
                 skips.append(x)
-            x = LlamaBlock(self.num_heads, self.mlp_dim, self.rope_theta, name=f"block_{i}", **kw)(
-                x
-            )
+            x = block_cls(self.num_heads, self.mlp_dim, self.rope_theta, name=f"block_{i}", **kw)(x)
         x0_hat = RMSNorm(dtype=jnp.float32, param_dtype=self.param_dtype, name="output_norm")(x)
         return constrain(x0_hat, ("batch", "latent", "embed"))

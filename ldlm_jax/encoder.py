@@ -17,7 +17,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ldlm_jax.layers import Attention, Dense, GeluMLP, LearnedEmbedding, RMSNorm, constrain
+from ldlm_jax.layers import (
+    Attention,
+    Dense,
+    GeluMLP,
+    LearnedEmbedding,
+    RMSNorm,
+    constrain,
+    remat_layer,
+)
 
 Dtype = Any
 
@@ -84,6 +92,7 @@ class Encoder(nn.Module):
     num_heads: int
     mlp_dim: int
     local_bias: float = 0.0
+    remat: str = "none"  # activation checkpointing per layer (layers.remat_layer)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -103,8 +112,9 @@ class Encoder(nn.Module):
             self.num_latents, self.latent_dim, ("latent", "embed"), name="initial_latents"
         )()
         x = jnp.broadcast_to(latents.astype(self.dtype), (h.shape[0], *latents.shape))
+        layer_cls = remat_layer(PerceiverLayer, self.remat)
         for i in range(self.num_layers):
-            layer = PerceiverLayer(
+            layer = layer_cls(
                 self.num_heads, self.mlp_dim, self.local_bias, name=f"layer_{i}", **kw
             )
             x = layer(x, features, mask)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from ldlm_jax.encoder import PerceiverLayer
-from ldlm_jax.layers import Dense, LearnedEmbedding, RMSNorm, constrain
+from ldlm_jax.layers import Dense, LearnedEmbedding, RMSNorm, constrain, remat_layer
 
 Dtype = Any
 
@@ -33,6 +33,7 @@ class LatentDecoder(nn.Module):
     num_heads: int
     mlp_dim: int
     local_bias: float = 0.0
+    remat: str = "none"  # activation checkpointing per layer (layers.remat_layer)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -52,8 +53,9 @@ class LatentDecoder(nn.Module):
         context = context + latent_positions[None].astype(self.dtype)
         queries = LearnedEmbedding(self.length, self.width, name="queries")()
         x = jnp.broadcast_to(queries.astype(self.dtype), (batch, self.length, self.width))
+        layer_cls = remat_layer(PerceiverLayer, self.remat)
         for i in range(self.num_layers):
-            layer = PerceiverLayer(
+            layer = layer_cls(
                 self.num_heads, self.mlp_dim, self.local_bias, name=f"layer_{i}", **kw
             )
             x = layer(x, context)

@@ -254,6 +254,22 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10.0) -> jax.
     return emb
 
 
+def remat_layer(module_cls: type[nn.Module], mode: str = "none") -> type[nn.Module]:
+    """`module_cls`, or it under nn.remat (activation checkpointing, config.model.remat).
+
+    mode: 'none' (unchanged); 'full' (only the layer's inputs are kept for the backward pass);
+    'dots' (matmuls against weights are kept too: jax.checkpoint_policies.
+    dots_with_no_batch_dims_saveable, so attention logits/probabilities are recomputed).
+    The parameter tree is unchanged, so checkpoints work with any mode.
+    """
+    if mode == "none":
+        return module_cls
+    if mode not in ("full", "dots"):
+        raise ValueError(f"remat mode {mode!r}: use 'none', 'full' or 'dots'")
+    policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable if mode == "dots" else None
+    return nn.remat(module_cls, policy=policy)
+
+
 def constrain(x: jax.Array, names: tuple[str, ...] = ("batch", "length", "embed")) -> jax.Array:
     """Annotate an activation with logical axis names (a no-op without a mesh/rules context)."""
     return nn.with_logical_constraint(x, names)

@@ -53,7 +53,11 @@ class LDLMNetworks(nn.Module):
 
     def setup(self):
         c, m = self.config, self.config.model
-        kw = dict(dtype=as_dtype(m.dtype), param_dtype=as_dtype(m.param_dtype))
+        kw = dict(
+            dtype=as_dtype(m.dtype),
+            param_dtype=as_dtype(m.param_dtype),
+            remat=m.remat,
+        )
         seq_len, k = c.data.seq_len, latent_count(c)
         enc, den, ldec, tdec = m.encoder, m.denoiser, m.latent_decoder, m.token_decoder
         self.encoder = Encoder(

@@ -14,7 +14,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ldlm_jax.layers import Attention, Dense, GeluMLP, LayerNorm, LearnedEmbedding, constrain
+from ldlm_jax.layers import (
+    Attention,
+    Dense,
+    GeluMLP,
+    LayerNorm,
+    LearnedEmbedding,
+    constrain,
+    remat_layer,
+)
 
 Dtype = Any
 
@@ -47,6 +55,7 @@ class TokenDecoder(nn.Module):
     num_layers: int
     num_heads: int
     mlp_dim: int
+    remat: str = "none"  # activation checkpointing per layer (layers.remat_layer)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -60,8 +69,9 @@ class TokenDecoder(nn.Module):
             h_hat.astype(self.dtype)
         )
         x = x + positions[None, :length].astype(self.dtype)
+        block_cls = remat_layer(PreLNBlock, self.remat)
         for i in range(self.num_layers):
-            x = PreLNBlock(self.num_heads, self.mlp_dim, name=f"layer_{i}", **kw)(x, mask)
+            x = block_cls(self.num_heads, self.mlp_dim, name=f"layer_{i}", **kw)(x, mask)
         x = LayerNorm(name="output_norm", **kw)(x)
         logits = Dense(self.vocab_size, ("embed", "vocab"), True, name="lm_head", **kw)(x)
         return constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
