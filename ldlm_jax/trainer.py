@@ -8,7 +8,9 @@ train(config, workdir) does, in order, failing early with a clear error where in
  3. auto-resume from WORKDIR/checkpoints (state, iterator, hidden stats) or a fresh start: hidden
     stats from config.frozen_lm.stats_sequences training sequences, state materialised sharded;
  4. ahead-of-time compile of the jitted step, logging memory_analysis and parameter counts
-    (config.compile_only stops here; config.target_topology compiles for a TPU slice instead);
+    (config.compile_only stops here). config.target_topology ('v5p:2x2x2', 'cpu:16', ...)
+    instead compiles the train step and the default sampler for that target from abstract
+    shapes before step 1, with no weights or data (ldlm_jax/aot.py), prints the reports, stops;
  5. the loop: step, NaN check (one step behind, so the host does not stall the device), metrics
     (metrics.jsonl, TensorBoard, tqdm), eval loss + decoded samples every train.eval_every,
     checkpoints every checkpoint.every, at the end, and on SIGTERM (then exit cleanly).
@@ -133,35 +135,24 @@ def _host(metrics) -> dict[str, float]:
     return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
-def _compile_for_topology(config, step_fn, model, abstract_boxed, state_sh, mesh, rules, tokens):
-    """compile_only for config.target_topology (ldlm_jax/tpu_compile.py): print the report."""
-    from ldlm_jax import tpu_compile
+def _compile_for_target(config, workdir: str) -> TrainResult:
+    """config.target_topology ('v5p:2x2x2', 'v5e:4x4', 'cpu:16', ...): compile the train step and
+    the default sampler for that target from abstract shapes (ldlm_jax/aot.py) and print their
+    memory and speed reports; no weights, data or checkpoints are read and nothing runs.
+    Raises tpu_compile.DoesNotFitError (naming the largest buffers) when a program does not fit."""
+    from ldlm_jax import aot
 
-    def sds(x, s):
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-
-    state = jax.tree.map(sds, shd.unbox(abstract_boxed), state_sh)
-    frozen_sh = _frozen_shardings(model.frozen_lm, mesh, rules)
-    frozen = jax.tree.map(sds, model.frozen_lm.params, frozen_sh)
-    batch = train_feed.abstract_batch(config, shd.batch_sharding(mesh, rules))
-    stat = jax.ShapeDtypeStruct((model.lm_dim,), jnp.float32, sharding=shd.replicated(mesh))
-    args = (state, batch, frozen, {"mean": stat, "std": stat})
-    with jax.set_mesh(mesh):
-        flops = metrics_logging.step_flops(jax.jit(step_fn).lower(*args))
-    if flops is None:  # no cost model for the target: count on the host's backend instead
-        plain = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
-        flops = metrics_logging.step_flops(jax.jit(step_fn).lower(*plain))
-    report = tpu_compile.compile_for_target(
-        step_fn,
-        args,
-        out_shardings=(state_sh, shd.replicated(mesh)),
-        donate_argnums=(0,),
-        tokens_per_step=tokens,
-        model_flops_per_step=flops,
-        mesh=mesh,
+    result = aot.compile_programs(config, config.target_topology)
+    train = result.reports["train_step"]
+    memory = dict(
+        argument=train.argument_bytes,
+        output=train.output_bytes,
+        temp=train.temp_bytes,
+        alias=train.alias_bytes,
+        generated_code=train.generated_code_bytes,
     )
-    print(tpu_compile.format_report(report))
-    return report
+    log.info("parameters: %s", ", ".join(f"{k} {v:,}" for k, v in result.param_counts.items()))
+    return TrainResult(0, {}, {}, "compile_only", workdir, {}, memory, result.param_counts)
 
 
 def train(
@@ -183,17 +174,12 @@ def train(
       the newest), sharding.ShardingError / config.ConfigError / data errors before compiling.
     """
     workdir = str(workdir)
+    if config.target_topology:  # compile for a TPU slice (or CPU mesh) from abstract shapes
+        return _compile_for_target(config, workdir)
     rules = shd.rules_table(config.logical_axis_rules)
-    if config.target_topology:  # compile for a TPU slice described by libtpu, run nothing
-        from ldlm_jax import tpu_compile
-
-        topology = tpu_compile.topology_devices(config.target_topology)
-        mesh = tpu_compile.make_target_mesh(dict(config.mesh), topology)
-    else:
-        mesh = shd.make_mesh(dict(config.mesh), devices)
-    processes = 1 if config.target_topology else jax.process_count()
+    mesh = shd.make_mesh(dict(config.mesh), devices)
     shd.check_batch_divisible(
-        config.train.batch_size, config.train.microbatches, mesh, rules, processes
+        config.train.batch_size, config.train.microbatches, mesh, rules, jax.process_count()
     )
     log.info("mesh %s", shd.describe_mesh(mesh))
 
@@ -213,12 +199,6 @@ def train(
     step_fn = tstep.make_train_step(model.loss, optimizer, lr_schedule, config, mesh)
     tokens_per_step = config.train.batch_size * config.data.seq_len
     abstract_batch = train_feed.abstract_batch(config)
-    if config.target_topology:
-        _compile_for_topology(
-            config, step_fn, model, abstract_boxed, state_sh, mesh, rules, tokens_per_step
-        )
-        return TrainResult(0, {}, {}, "compile_only", workdir, param_counts=counts)
-
     train_feed.validate_data(config, frozen_lm)  # data errors here, before any compile
     feed = train_feed.DataFeed(config, frozen_lm.tokenizer, mesh, rules)
     frozen_params = jax.device_put(frozen_lm.params, _frozen_shardings(frozen_lm, mesh, rules))

@@ -1,9 +1,10 @@
-"""Ahead-of-time compilation for a TPU slice ('v5p:2x2x2', 8 chips) on this CPU machine.
+"""Ahead-of-time compilation machinery (ldlm_jax.tpu_compile) on a toy program, for 'v5p:2x2x2'.
 
 A toy sharded MLP train step is compiled under two mesh layouts (pure data parallel, and
 fsdp x tensor); the reports must fit in HBM and predict a positive step time, and a deliberately
 huge model must raise DoesNotFitError. Without libtpu the same tests run on a CPU mesh of the
-same shape with the v5p chip numbers (and say so in the skip/fallback reason).
+same shape with the v5p chip numbers. The real LDLM train step and sampler are compiled for the
+slice in tests/test_aot_ldlm.py.
 """
 
 import os
@@ -144,3 +145,23 @@ def test_names_meshes_and_errors():
     assert tpu_compile.resolve_mesh_sizes({"data": 2, "fsdp": -1, "tensor": 2}, 16) == (2, 4, 2)
     with pytest.raises(tpu_compile.TpuCompileError, match="does not tile"):
         tpu_compile.resolve_mesh_sizes({"data": 3, "fsdp": -1, "tensor": 1}, 8)
+
+
+def test_xla_oom_messages_and_loop_correction(devices):
+    need, have = tpu_compile.parse_xla_oom(
+        "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+        "temporaries (71.53G) exceeds available HBM (15.75G)."
+    )
+    assert need == int(71.53 * 2**30) and have == int(15.75 * 2**30)
+    assert tpu_compile.parse_xla_oom("Used 20.5G of 15.75G hbm.")[0] == int(20.5 * 2**30)
+    assert tpu_compile.parse_xla_oom("some other error") == (None, None)
+    mesh = tpu_compile.make_target_mesh({"data": -1}, devices)
+    params, x = _abstract(mesh, EMBED, MLP, (P(), P()), P("data"))
+    kw = dict(tokens_per_step=BATCH * SEQ, sequences_per_step=BATCH, chip=_chip(devices))
+    report = tpu_compile.compile_for_target(_train_step, (params, x), label="toy", **kw)
+    more = tpu_compile.add_repeated(report, report, 3, "three more")
+    assert more.flops_per_device == pytest.approx(4 * report.flops_per_device)
+    assert more.step_seconds == pytest.approx(4 * report.step_seconds)
+    assert more.sequences_per_second == pytest.approx(report.sequences_per_second / 4)
+    assert more.notes[-1] == "three more" and more.total_bytes == report.total_bytes
+    assert "[toy]" in tpu_compile.format_report(more) and more.to_json()["fits"]

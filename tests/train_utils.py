@@ -47,8 +47,15 @@ def shrink(config: ConfigDict, *overrides: str) -> ConfigDict:
     """Any config file's config made test-sized: tiny widths/layers/seq_len, the tiny random
     frozen LM, batch 8, the offline Bible corpus; the recipe switches, data mode and compute
     dtype are kept (so bf16 configs run in bf16)."""
+    apply_overrides(config, shrink_overrides(config, *overrides))
+    validate_config(config)
+    return config
+
+
+def shrink_overrides(config: ConfigDict, *overrides: str) -> list[str]:
+    """The `key=value` overrides `shrink` applies to `config` (for command lines)."""
     m = config.model
-    shrunk = [
+    return [
         "frozen_lm.source=random",
         "frozen_lm.random_arch=bert",
         "frozen_lm.random_width=64",
@@ -87,6 +94,3 @@ def shrink(config: ConfigDict, *overrides: str) -> ConfigDict:
         "train.steps=1",
         *overrides,
     ]
-    apply_overrides(config, shrunk)
-    validate_config(config)
-    return config

@@ -6,6 +6,12 @@ Example:
 
 Writes one JSON object per line to WORKDIR/samples.jsonl (or --out): the text, the token ids and
 the settings that produced it (so a number computed from the file can be reproduced).
+
+Compile only (nothing runs, no weights needed): compile this sampler for a target from abstract
+shapes and print per-device memory vs HBM, FLOPs, the estimated time per call and sequences/s:
+  ldlm-sample --config configs/owt.py --compile-only --target-topology v5p:2x2x2
+  ldlm-sample --config configs/owt.py --compile-only --target-topology v5e:4x4 --config.mesh.fsdp=4
+  ldlm-sample --workdir runs/demo --compile-only          # the checkpoint's config, local devices
 """
 
 from __future__ import annotations
@@ -67,7 +73,30 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--workdir", required=True, help="training workdir holding the checkpoint and config"
+        "--workdir",
+        default=None,
+        help="training workdir holding the checkpoint and config (required unless "
+        "--compile-only --config)",
+    )
+    aot = parser.add_argument_group("compile only (ahead of time, nothing runs)")
+    aot.add_argument(
+        "--compile-only",
+        action="store_true",
+        help="compile the sampler for --target-topology from abstract shapes and print its "
+        "per-device memory vs HBM, FLOPs, estimated time per call and sequences/s; exit 2 if "
+        "it does not fit (compile-time estimates, not measurements)",
+    )
+    aot.add_argument(
+        "--target-topology",
+        default="",
+        help="TPU slice such as v5p:2x2x2 or v5e:4x4 (needs the libtpu wheel, not a TPU), cpu:N "
+        "(N host CPU devices), or empty for this machine's devices (default)",
+    )
+    aot.add_argument(
+        "--config",
+        default=None,
+        help="config file to compile instead of a workdir's (with --compile-only); overrides "
+        "as in ldlm-train: --config.mesh.fsdp=4",
     )
     parser.add_argument("--num", type=int, default=8, help="number of samples (default 8)")
     parser.add_argument(
@@ -121,8 +150,49 @@ def check_settings(settings: dict) -> None:
         raise ValueError(f"temperature must be > 0, got {settings['temperature']}")
 
 
+def compile_only(args, overrides) -> int:
+    """--compile-only: compile the sampler for args.target_topology and print the report."""
+    from ldlm_jax import aot, tpu_compile
+    from ldlm_jax.cli.train import resolve_config_path
+    from ldlm_jax.config import ConfigError, apply_overrides, load_config, validate_config
+
+    try:
+        if args.config is None and args.workdir is None:
+            raise ValueError("--compile-only needs --config (a config file) or --workdir")
+        if args.config is not None:
+            config = load_config(resolve_config_path(args.config), overrides)
+        else:
+            from ldlm_jax import generation
+
+            config = apply_overrides(generation.read_config(args.workdir), overrides)
+            validate_config(config)
+        settings = sampling_settings(args, config)
+        for key in ("use_ema", "seed"):  # weights and seed do not change the program
+            settings.pop(key)
+        batch = args.batch_size if args.batch_size is not None else min(args.num, 64)
+        mesh = aot.target_mesh(config, args.target_topology)
+        report = aot.compile_sampler(config, mesh, batch=batch, settings=settings)
+    except (ValueError, FileNotFoundError, ConfigError, tpu_compile.TpuCompileError) as error:
+        print(f"ldlm-sample: error: {error}", file=sys.stderr)
+        return 2
+    print(tpu_compile.format_report(report))
+    print("(compile-time estimates from XLA's cost model, not measured runs)")
+    return 0
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    from ldlm_jax.cli.train import split_overrides
+
+    rest, overrides = split_overrides(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(rest)
+    if args.compile_only:
+        return compile_only(args, overrides)
+    if overrides or args.config or args.target_topology:
+        print("ldlm-sample: error: --config/--target-topology need --compile-only", file=sys.stderr)
+        return 2
+    if args.workdir is None:
+        print("ldlm-sample: error: --workdir is required", file=sys.stderr)
+        return 2
     from ldlm_jax import generation
 
     try:

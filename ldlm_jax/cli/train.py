@@ -27,7 +27,14 @@ EPILOG = """config overrides (repeatable, any key of ldlm_jax/config.py base_con
   --config.checkpoint.every=N   save every N steps (also at the end and on SIGTERM)
   --config.mesh.data=-1 --config.mesh.fsdp=1 --config.mesh.tensor=1   mesh axis sizes (-1 fills)
   --config.model.dtype=float32  compute dtype (master weights stay float32)
+  --config.model.remat=full     recompute each layer in the backward pass (less activation memory)
   --config.compile_only=True    compile, log memory and parameter counts, exit
+  --config.target_topology=T    with compile_only: compile the train step and the default sampler
+                                for target T from abstract shapes (no weights, no data) and print
+                                per-device memory vs HBM, XLA's FLOPs, estimated step time,
+                                tokens/s and MFU; T = v5p:2x2x2, v5e:4x4, ... (needs libtpu, no
+                                TPU) or cpu:N (N host CPU devices, set by XLA_FLAGS). Exit 2 with
+                                the largest buffers named if it does not fit.
 An unknown key or a value of the wrong type is an error naming the key.
 
 outputs in WORKDIR: checkpoints/<step>/, metrics.jsonl (one JSON object per logged step),
@@ -155,10 +162,17 @@ def main(argv: list[str] | None = None) -> int:
     from ldlm_jax import trainer
     from ldlm_jax.checkpointing import CheckpointMismatchError
     from ldlm_jax.sharding import ShardingError
+    from ldlm_jax.tpu_topology import TpuCompileError
 
     try:
         result = trainer.train(config, workdir)
-    except (ConfigError, ShardingError, FileNotFoundError, CheckpointMismatchError) as error:
+    except (
+        ConfigError,
+        ShardingError,
+        FileNotFoundError,
+        CheckpointMismatchError,
+        TpuCompileError,  # a bad target, or a program that does not fit its HBM
+    ) as error:
         return fail(str(error))
     except trainer.TrainingDivergedError as error:
         return fail(str(error), code=1)
