@@ -31,6 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def measure(config, tokenizer, batches: int, warmup: int) -> dict:
+    """Time `batches` batches of the config's training iterator after `warmup` untimed ones.
+
+    Returns worker_count, startup_s (iterator creation + warmup), batches, seconds (rounded) and
+    elapsed_s (exact) of the timed batches, batches_per_s, tokens_per_s (B x L slots a second),
+    real_tokens_per_s (mask = 1), fill (real / slots)."""
     from ldlm_jax import pipeline
 
     start = time.perf_counter()
@@ -50,6 +55,7 @@ def measure(config, tokenizer, batches: int, warmup: int) -> dict:
         "startup_s": round(ready - start, 3),
         "batches": batches,
         "seconds": round(seconds, 3),
+        "elapsed_s": seconds,
         "batches_per_s": round(batches / seconds, 2),
         "tokens_per_s": round(slots / seconds),
         "real_tokens_per_s": round(real / seconds),

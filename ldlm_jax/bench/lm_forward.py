@@ -4,7 +4,9 @@
 
 Models: the real all-MiniLM-L6-v2 (hidden states) and a random GPT-2-small-shaped model (12 layers,
 768 wide, vocab 50257, with LM-head logits). Inputs: batch 8 x 128 tokens (one row half padding).
-Reports the median tokens/s of --runs timed forwards after a warmup, and flax/torch ratios.
+The two sides are timed in turns (ldlm_jax.bench.timing.time_pair) after a warmup each; reports
+the median tokens/s of --runs timed forwards and the flax/torch ratio. `python -m ldlm_jax.bench`
+runs this as its lm_forward section.
 """
 
 from __future__ import annotations
@@ -13,25 +15,23 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 
 import numpy as np
 
+from ldlm_jax.bench.timing import (
+    jax_call,
+    median,
+    pick_torch_threads,
+    time_pair,
+    torch_call,
+    torch_device,
+)
 
-def _median_seconds(fn, runs: int) -> float:
-    fn()  # warmup (and compile, for JAX)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
-
-def _inputs(vocab: int, batch: int, length: int):
+def make_inputs(vocab: int, batch: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, mask), int32 [batch, length] each; the last row is half padding."""
     rng = np.random.default_rng(0)
     ids = rng.integers(1000, min(vocab, 30000), (batch, length), dtype=np.int32)
     mask = np.ones((batch, length), np.int32)
@@ -39,39 +39,79 @@ def _inputs(vocab: int, batch: int, length: int):
     return ids, mask
 
 
+def minilm_pair():
+    """(our FrozenLM, transformers BertModel in eval mode) of the offline all-MiniLM-L6-v2."""
+    import torch
+    import transformers as tf
+
+    from ldlm_jax.frozen_lm import load_frozen_lm, minilm_path
+
+    lm = load_frozen_lm("minilm")
+    ref = tf.AutoModel.from_pretrained(minilm_path(), dtype=torch.float32).eval()
+    return lm, ref.to(torch_device())
+
+
+def gpt2_pair(seed: int = 0, **config):
+    """(our FrozenLM, transformers GPT2LMHeadModel) of one random GPT-2, same weights.
+
+    config: GPT2Config fields (default: GPT-2 small, 12 x 768, vocab 50257, 1024 positions). The
+    torch model is saved to a temporary folder and read back by our converter; the MiniLM
+    tokenizer stands in (any tokenizer no larger than the vocab will do)."""
+    import torch
+    import transformers as tf
+
+    from ldlm_jax.frozen_lm import load_frozen_lm, minilm_path
+
+    torch.manual_seed(seed)
+    ref = tf.GPT2LMHeadModel(tf.GPT2Config(**config)).eval()
+    with tempfile.TemporaryDirectory() as folder:
+        ref.save_pretrained(folder)
+        tok = tf.AutoTokenizer.from_pretrained(minilm_path())
+        lm = load_frozen_lm(folder, tokenizer=tok)
+    return lm, ref.to(torch_device())
+
+
 def bench_model(name: str, lm, torch_model, batch: int, length: int, runs: int) -> dict:
-    """Time lm.apply (jitted) and torch_model.forward on the same ids/mask."""
+    """Time lm.apply (jitted) and torch_model.forward on the same ids/mask, in turns.
+
+    Returns {'model', 'batch', 'length', 'tokens', 'flax_seconds', 'torch_seconds' (lists),
+    'flax_tokens_per_s', 'torch_tokens_per_s', 'flax_over_torch'} (rates from the medians)."""
     import jax
     import torch
 
-    ids, mask = _inputs(lm.vocab_size, batch, length)
+    ids, mask = make_inputs(lm.vocab_size, batch, length)
     fwd = jax.jit(lm.apply)
+    dev = torch_device()
+    t_ids = torch.from_numpy(ids).long().to(dev)
+    t_mask = torch.from_numpy(mask).long().to(dev)
 
-    def run_flax():
-        out = fwd(lm.params, ids, mask)
-        jax.block_until_ready(out)
+    def torch_forward():
+        return torch_model(input_ids=t_ids, attention_mask=t_mask)
 
-    t_ids, t_mask = torch.from_numpy(ids).long(), torch.from_numpy(mask).long()
-
-    def run_torch():
-        with torch.inference_mode():
-            torch_model(input_ids=t_ids, attention_mask=t_mask)
-
+    flax_s, torch_s = time_pair(
+        jax_call(fwd, lm.params, ids, mask), torch_call(torch_forward), runs
+    )
     tokens = batch * length
-    flax_s, torch_s = _median_seconds(run_flax, runs), _median_seconds(run_torch, runs)
-    row = {
+    return {
         "model": name,
         "batch": batch,
         "length": length,
-        "flax_tokens_per_s": tokens / flax_s,
-        "torch_tokens_per_s": tokens / torch_s,
-        "flax_over_torch": torch_s / flax_s,
+        "tokens": tokens,
+        "flax_seconds": flax_s,
+        "torch_seconds": torch_s,
+        "flax_tokens_per_s": tokens / median(flax_s),
+        "torch_tokens_per_s": tokens / median(torch_s),
+        "flax_over_torch": median(torch_s) / median(flax_s),
     }
-    print(
-        f"{name:12s} flax {row['flax_tokens_per_s']:9.0f} tok/s   torch "
-        f"{row['torch_tokens_per_s']:9.0f} tok/s   ratio flax/torch {row['flax_over_torch']:.2f}"
-    )
-    return row
+
+
+def build(name: str):
+    """'minilm' | 'gpt2_small' -> (our FrozenLM, the transformers model)."""
+    if name == "minilm":
+        return minilm_pair()
+    if name == "gpt2_small":
+        return gpt2_pair()
+    raise ValueError(f"unknown model {name!r}: choose minilm or gpt2_small")
 
 
 def main(argv=None) -> int:
@@ -85,25 +125,17 @@ def main(argv=None) -> int:
 
     import jax
     import torch
-    import transformers as tf
 
-    from ldlm_jax.frozen_lm import load_frozen_lm, minilm_path
-
-    torch.set_num_threads(os.cpu_count() or 1)
+    threads, _ = pick_torch_threads()  # torch's faster thread count here, now
     rows = []
-    wanted = args.models.split(",")
-    if "minilm" in wanted:
-        lm = load_frozen_lm("minilm")
-        ref = tf.AutoModel.from_pretrained(minilm_path(), dtype=torch.float32).eval()
-        rows.append(bench_model("minilm", lm, ref, args.batch, args.length, args.runs))
-    if "gpt2_small" in wanted:
-        torch.manual_seed(0)
-        ref = tf.GPT2LMHeadModel(tf.GPT2Config()).eval()  # 12 layers, 768, vocab 50257
-        with tempfile.TemporaryDirectory() as folder:
-            ref.save_pretrained(folder)
-            tok = tf.AutoTokenizer.from_pretrained(minilm_path())  # any tokenizer <= vocab
-            lm = load_frozen_lm(folder, tokenizer=tok)
-        rows.append(bench_model("gpt2_small", lm, ref, args.batch, args.length, args.runs))
+    for name in args.models.split(","):
+        lm, ref = build(name)
+        row = bench_model(name, lm, ref, args.batch, args.length, args.runs)
+        rows.append(row)
+        print(
+            f"{name:12s} flax {row['flax_tokens_per_s']:9.0f} tok/s   torch "
+            f"{row['torch_tokens_per_s']:9.0f} tok/s   flax/torch {row['flax_over_torch']:.2f}"
+        )
     result = {
         "benchmark": "frozen LM forward, tokens/s (median)",
         "command": "python -m ldlm_jax.bench.lm_forward " + " ".join(argv or sys.argv[1:]),
@@ -112,6 +144,7 @@ def main(argv=None) -> int:
             "platform": platform.platform(),
             "jax": jax.__version__,
             "torch": torch.__version__,
+            "torch_threads": threads,
             "jax_devices": [str(d) for d in jax.devices()],
         },
         "runs": args.runs,
