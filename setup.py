@@ -51,6 +51,7 @@ setup(
             "ldlm-convert-lm=ldlm_jax.cli.convert_lm:main",
             "ldlm-prepare-data=ldlm_jax.cli.prepare_data:main",
             "ldlm-export-torch=ldlm_jax.cli.export_torch:main",
+            "ldlm-ablation=ldlm_jax.ablation:main",
         ]
     },
 )
