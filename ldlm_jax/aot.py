@@ -6,7 +6,8 @@ the local devices) and compiles, from abstract shapes only (no weights, no data,
 allocated; a hub frozen LM needs only its HF config):
 
   train_step  the trainer's step (train_step.make_train_step) with the trainer's shardings: the
-              state sharded by config.logical_axis_rules and donated, the global batch
+              state sharded by config.logical_axis_rules and donated, the activations
+              constrained by the same rules (sharding.constrain), the global batch
               [train.batch_size, data.seq_len] over the 'batch' mesh axes, the frozen LM's params
               sharded by the same rules. Reports tokens/s and MFU. MFU's model FLOPs are XLA's
               count of the same step lowered with model.remat='none' (recomputation is not model
@@ -229,8 +230,9 @@ def compile_sampler(
     if steps <= 1:
         return report
     t = jax.ShapeDtypeStruct((b,), jnp.float32, sharding=shd.batch_sharding(mesh, rules, 1))
+    denoise = shd.with_activation_rules(model.denoise, rules)  # as inside the sampler's loop
     body = tpu_compile.compile_for_target(
-        lambda p, z, tt, sc: model.denoise(p, z, tt, sc),
+        lambda p, z, tt, sc: denoise(p, z, tt, sc),
         (params, latents, t, latents),
         out_shardings=latents.sharding,
         label="one denoiser call",

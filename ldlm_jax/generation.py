@@ -3,7 +3,8 @@
 load_generator(workdir) restores the config, the trainable params (EMA by default), the adaptive
 timestep state and the hidden-state statistics, and rebuilds the frozen LM. generate() runs the
 reverse-time sampler (ldlm_jax.samplers) inside one jit whose weights are arguments (a new
-checkpoint of the same config does not recompile), batch sharded over the mesh, then
+checkpoint of the same config does not recompile), batch sharded over the mesh (activations too,
+by config.logical_axis_rules: the jitted functions carry the rules, generate sets the mesh), then
 z0 -> latent decoder -> token decoder -> argmax, cut at the first end-of-sequence token ([SEP] for
 BERT-style tokenizers), detokenised.
 
@@ -223,6 +224,7 @@ def _sample_fn(gen: Generator, sampler, steps, time_grid, t_min, temperature, se
         logits = ldlm.decode_tokens(params, ldlm.decode_hidden(params, z0))
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
+    run = shd.with_activation_rules(run, gen.config.logical_axis_rules)
     fn = jax.jit(run, out_shardings=_batch_sharding(gen, 2))
     gen._cache[key] = fn
     return fn
@@ -236,12 +238,12 @@ def _encode_known(gen: Generator, template: np.ndarray, batch: int):
         return np.zeros(shape, np.float32), np.zeros(shape[:2], bool)
     if "encode" not in gen._cache:
 
-        @jax.jit
         def encode(params, frozen_params, stats, ids, mask):
             h = gen.ldlm.hidden(frozen_params, stats, ids, mask)
             return gen.ldlm.encode(params, h, mask)
 
-        gen._cache["encode"] = encode
+        rules = gen.config.logical_axis_rules
+        gen._cache["encode"] = jax.jit(shd.with_activation_rules(encode, rules))
     ids = np.where(known, template, gen.ldlm.frozen_lm.pad_token_id)[None].astype(np.int32)
     z = gen._cache["encode"](
         gen.params, gen.frozen_params, gen.hidden_stats, ids, known[None].astype(np.int32)
@@ -314,9 +316,6 @@ def generate(
     batch = min(num, MAX_DEFAULT_BATCH) if batch_size is None else int(batch_size)
     batch = max(dp, -(-batch // dp) * dp)
     fn = _sample_fn(gen, sampler, int(steps), time_grid, float(t_min), temperature, self_cond)
-    known_latents, known_mask = _encode_known(gen, template, batch)
-    known_latents = jax.device_put(known_latents, _batch_sharding(gen, 3))
-    known_mask = jax.device_put(known_mask, _batch_sharding(gen, 2))
     adaptive = gen.adaptive_state
     if adaptive is None:
         adaptive = adaptive_timesteps.init_adaptive_state(int(gen.config.recipe.adaptive_bins))
@@ -327,11 +326,15 @@ def generate(
 
         batches = tqdm(batches, desc=f"sampling ({steps} steps)", unit="batch")
     rows = []
-    for b in batches:
-        ids = np.asarray(
-            fn(gen.params, adaptive, jax.random.fold_in(rng, b), known_latents, known_mask)
-        )
-        rows.extend(ids[: num - len(rows)])
+    with jax.set_mesh(gen.mesh):  # the mesh the activation constraints are laid over
+        known_latents, known_mask = _encode_known(gen, template, batch)
+        known_latents = jax.device_put(known_latents, _batch_sharding(gen, 3))
+        known_mask = jax.device_put(known_mask, _batch_sharding(gen, 2))
+        for b in batches:
+            ids = np.asarray(
+                fn(gen.params, adaptive, jax.random.fold_in(rng, b), known_latents, known_mask)
+            )
+            rows.extend(ids[: num - len(rows)])
     known = template >= 0
     start = int(known.nonzero()[0].max()) + 1 if known.any() else 1
     pad = gen.ldlm.frozen_lm.pad_token_id

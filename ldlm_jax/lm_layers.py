@@ -15,6 +15,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from ldlm_jax import sharding
+
 Dtype = Any
 KERNEL_INIT = nn.initializers.normal(stddev=0.02)
 # Large finite negative: a query whose keys are all pads gets uniform weights, never NaN.
@@ -229,5 +231,6 @@ class GatedMlp(nn.Module):
 
 
 def constrain(x: jax.Array) -> jax.Array:
-    """Annotate a block-boundary activation [batch, length, embed] with logical names."""
-    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    """Constrain a block-boundary activation [batch, length, embed] to its rules' sharding
+    (sharding.constrain: x itself without active rules and a multi-device mesh)."""
+    return sharding.constrain(x, ("batch", "length", "embed"))

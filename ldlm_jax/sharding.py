@@ -9,19 +9,30 @@ parameters (`jax.eval_shape(init)`) we derive one PartitionSpec per parameter:
   the parameter (e.g. 6 heads on a tensor axis of 4);
 - a mesh axis already used by an earlier dimension of the same array is not reused.
 Batches are laid out along the mesh axes of the logical name 'batch'.
+
+Activations follow the same rules: the networks call `constrain(x, names)` at block boundaries,
+which becomes `jax.lax.with_sharding_constraint` when rules are active (`activation_rules`, or a
+function wrapped by `with_activation_rules`: the train step, eval step and sampler built from a
+config carry its rules) and an Auto mesh with the (data, fsdp, tensor) axes and several devices
+is set (`jax.set_mesh`, which the trainer, generation and AOT compiler enter); otherwise (unit
+tests, one device, params init under eval_shape) it returns x unchanged. Rules are read while
+tracing, so a jitted function keeps the rules it was first traced with.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -93,12 +104,17 @@ def rules_table(rules: Sequence) -> dict[str, tuple[str, ...]]:
     return table
 
 
+def _table(rules: Sequence | Mapping) -> Mapping[str, tuple[str, ...]]:
+    return rules if isinstance(rules, Mapping) else rules_table(rules)
+
+
 def logical_to_spec(
     names: Sequence[str | None],
     shape: Sequence[int],
     rules: Mapping[str, tuple[str, ...]],
-    mesh: Mesh,
+    mesh: Mesh | AbstractMesh,
     what: str = "array",
+    warn: bool = True,
 ) -> PartitionSpec:
     """The PartitionSpec of one array from its logical names.
 
@@ -106,8 +122,9 @@ def logical_to_spec(
       names: one logical name (or None: replicated) per dimension.
       shape: the array shape (for the divisibility check).
       rules: rules_table(config.logical_axis_rules).
-      mesh: the mesh (its axis sizes decide divisibility).
+      mesh: the mesh or abstract mesh (its axis sizes decide divisibility).
       what: the parameter path, named in errors and warnings.
+      warn: log a replicated (not divisible) dimension as a warning (else at debug level).
     """
     if len(names) != len(shape):
         raise ShardingError(f"{what}: {len(names)} logical names {names} for shape {shape}")
@@ -125,7 +142,7 @@ def logical_to_spec(
         axes = tuple(a for a in rules[name] if a not in used)
         size = math.prod(mesh.shape[a] for a in axes)
         if size > 1 and dim % size:
-            log.warning(
+            (log.warning if warn else log.debug)(
                 "replicating dim %r (size %d) of %s: not divisible by mesh axes %s (size %d)",
                 name,
                 dim,
@@ -153,7 +170,7 @@ def partition_specs(boxed_tree: Any, mesh: Mesh, rules: Sequence | Mapping) -> A
     Leaves boxed with nn.Partitioned use their logical names; plain leaves (no metadata) are
     replicated. The returned tree has the structure of the unboxed tree.
     """
-    table = rules if isinstance(rules, Mapping) else rules_table(rules)
+    table = _table(rules)
 
     def one(path, leaf):
         if _is_boxed(leaf):
@@ -218,6 +235,59 @@ def check_batch_divisible(
             f"train.batch_size={batch_size} is not divisible by the {process_count} processes "
             "that each feed a shard of it"
         )
+
+
+_ACTIVATION_RULES: contextvars.ContextVar[Mapping[str, tuple[str, ...]] | None] = (
+    contextvars.ContextVar("ldlm_jax_activation_rules", default=None)
+)
+
+
+@contextlib.contextmanager
+def activation_rules(rules: Sequence | Mapping) -> Iterator[Mapping[str, tuple[str, ...]]]:
+    """Within this context, `constrain` maps logical names through `rules`
+    (config.logical_axis_rules or a rules_table) onto the ambient mesh. Yields the table."""
+    token = _ACTIVATION_RULES.set(_table(rules))
+    try:
+        yield _ACTIVATION_RULES.get()
+    finally:
+        _ACTIVATION_RULES.reset(token)
+
+
+def with_activation_rules(fn: Callable, rules: Sequence | Mapping) -> Callable:
+    """`fn` run (traced) inside activation_rules(rules): a function built from a config keeps
+    that config's rules for whichever mesh it is later lowered on."""
+    table = _table(rules)
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with activation_rules(table):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """An activation x (any shape and dtype) constrained to the sharding of its logical names.
+
+    Applied only while rules are active (activation_rules) and an Auto mesh with the axes
+    (data, fsdp, tensor) and more than one device is set (jax.set_mesh); otherwise x itself.
+    Dimensions are mapped as for parameters (logical_to_spec): one not divisible by its mesh
+    axes is replicated (logged at debug level), a mesh axis is used by one dimension only.
+    """
+    rules = _ACTIVATION_RULES.get()
+    if rules is None:
+        return x
+    mesh = jax.sharding.get_abstract_mesh()
+    if (
+        mesh.empty
+        or mesh.size == 1
+        or not set(MESH_AXES) <= set(mesh.axis_names)
+        or not mesh.are_all_axes_auto
+    ):
+        return x
+    what = f"activation {tuple(names)}"
+    spec = logical_to_spec(tuple(names), x.shape, rules, mesh, what, warn=False)
+    return jax.lax.with_sharding_constraint(x, spec)
 
 
 def describe_mesh(mesh: Mesh) -> str:

@@ -39,6 +39,10 @@ class Evaluator:
         self._reconstruct = None
         self._generator = None
 
+    def _with_rules(self, fn):
+        """fn traced under the config's activation rules (the trainer sets the mesh)."""
+        return shd.with_activation_rules(fn, self.config.logical_axis_rules)
+
     def _eval_batches(self):
         c = self.config
         iterator = train_feed.make_eval_iterator(
@@ -57,7 +61,8 @@ class Evaluator:
 
     def _losses(self, state, frozen_params, stats, batches) -> dict[str, float]:
         if self._eval_step is None:
-            self._eval_step = jax.jit(make_eval_step(self.model.loss, use_ema=True))
+            step = make_eval_step(self.model.loss, use_ema=True)
+            self._eval_step = jax.jit(self._with_rules(step))
         totals: dict[str, float] = {}
         for i, batch in enumerate(batches):
             rng = jax.random.PRNGKey(1000 + i)  # the same noise at every eval
@@ -105,6 +110,7 @@ class Evaluator:
                 h = model.hidden(frozen_params, stats, ids, mask)
                 return jnp.argmax(model.reconstruct(params, h, mask), axis=-1)
 
+            rec = self._with_rules(rec)
             self._reconstruct = jax.jit(rec, out_shardings=shd.replicated(self.mesh))
         ids = self._reconstruct(
             state.ema_params, frozen_params, stats, batch["input_ids"], batch["attention_mask"]

@@ -2,7 +2,9 @@
 
 `make_train_step` returns `train_step(state, batch, frozen_params, hidden_stats) -> (state,
 metrics)`, a pure function of arrays; `jit_train_step` wraps it in one `jax.jit` with in/out
-shardings and the state donated (MaxText style). The compute dtype is the model's business
+shardings and the state donated (MaxText style). It carries config.logical_axis_rules
+(sharding.with_activation_rules), so lowered under a jax.set_mesh its activations are sharded by
+the same rules as the parameters. The compute dtype is the model's business
 (config.model.dtype inside the networks); the master weights, gradients, optimiser moments and
 EMA stay float32.
 
@@ -134,7 +136,8 @@ def make_train_step(
         )
         return new_state, metrics
 
-    return train_step
+    # Traced under the config's rules: the activations' constraints apply on any jax.set_mesh.
+    return shd.with_activation_rules(train_step, config.logical_axis_rules)
 
 
 def jit_train_step(
