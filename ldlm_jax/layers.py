@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ldlm_jax import sharding
+
 Dtype = Any
 
 DEFAULT_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
@@ -123,7 +125,8 @@ class Attention(nn.Module):
     """Multi-head attention; queries from `x_q`, keys/values from `x_kv` (self-attention if None).
 
     Options: per-head QK RMSNorm (`qk_norm`), RoPE on queries and keys (`rope_theta` > 0), biases.
-    Kernels: q/k/v [embed, heads, kv], out [heads, kv, embed]. The softmax runs in float32.
+    Kernels: q/k/v [embed, heads, kv], out [heads, kv, embed]. The logits come out of the
+    matmul in float32 (no low-precision copy to upcast under bf16); the softmax runs in float32.
     """
 
     num_heads: int
@@ -166,7 +169,8 @@ class Attention(nn.Module):
             q = apply_rope(q, jnp.arange(q.shape[1]), self.rope_theta)
             k = apply_rope(k, jnp.arange(k.shape[1]), self.rope_theta)
         q = q.astype(self.dtype) * jnp.asarray(1.0 / math.sqrt(head_dim), self.dtype)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k.astype(self.dtype)).astype(jnp.float32)
+        k = k.astype(self.dtype)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
         if bias is not None:
             logits = logits + bias[None].astype(jnp.float32)
         if key_mask is not None:
@@ -271,5 +275,7 @@ def remat_layer(module_cls: type[nn.Module], mode: str = "none") -> type[nn.Modu
 
 
 def constrain(x: jax.Array, names: tuple[str, ...] = ("batch", "length", "embed")) -> jax.Array:
-    """Annotate an activation with logical axis names (a no-op without a mesh/rules context)."""
-    return nn.with_logical_constraint(x, names)
+    """Constrain an activation (one logical name per dim, default [batch, length, embed]) to
+    the sharding config.logical_axis_rules gives it (sharding.constrain: x itself without
+    active rules and a multi-device mesh)."""
+    return sharding.constrain(x, names)
