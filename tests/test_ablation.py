@@ -27,11 +27,8 @@ VERSE = "jesus wept."
 SMALL_AR = (32, 1, 2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compile():
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", False)
+# conftest.py: compile with most XLA optimisations off (behaviour, not speed).
+FAST_COMPILE = True
 
 
 def tiny_study(workdir="", **kw) -> ablation.Study:

@@ -10,7 +10,6 @@ import glob
 import math
 import os
 
-import jax
 import pytest
 from train_utils import REPO, shrink
 
@@ -20,11 +19,8 @@ from ldlm_jax.config import load_config
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compile():
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", False)
+# conftest.py: compile with most XLA optimisations off (behaviour, not speed).
+FAST_COMPILE = True
 
 
 def test_configs_exist():

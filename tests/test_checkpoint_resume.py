@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 
-import jax
 import pytest
 from train_utils import tiny_config
 
@@ -18,11 +17,8 @@ from ldlm_jax import checkpointing, train_feed, trainer
 MESH_8 = ("mesh.data=8", "mesh.fsdp=1", "mesh.tensor=1")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compile():
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", False)
+# conftest.py: compile with most XLA optimisations off (behaviour, not speed).
+FAST_COMPILE = True
 
 
 @pytest.fixture(scope="module")

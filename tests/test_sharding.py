@@ -33,11 +33,8 @@ MESHES = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compile():
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", False)
+# conftest.py: compile with most XLA optimisations off (behaviour, not speed).
+FAST_COMPILE = True
 
 
 def test_resolve_mesh_shape_fills_and_rejects():

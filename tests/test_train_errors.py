@@ -25,11 +25,8 @@ from ldlm_jax.train_feed import DataError
 MESH_8 = ("mesh.data=8", "mesh.fsdp=1", "mesh.tensor=1")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compile():
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", False)
+# conftest.py: compile with most XLA optimisations off (behaviour, not speed).
+FAST_COMPILE = True
 
 
 def _toy_state(scale: float):

@@ -1,9 +1,9 @@
 """Shared helpers for the training tests: the tiny config, shrinking any config, quiet runs.
 
 Every training test uses the tiny random frozen LM ('random' source, 64 wide, 2 layers) except
-the end-to-end CLI test, float32 compute, and `jax_disable_most_optimizations` (set per test
-module through the `fast_compile` fixture) because compile time dominates on 2 CPU cores and
-these tests check behaviour, not speed.
+the end-to-end CLI test, float32 compute, and `jax_disable_most_optimizations` (a module sets
+FAST_COMPILE = True; conftest.py's fast_compile fixture applies it) because compile time
+dominates on 2 CPU cores and these tests check behaviour, not speed.
 """
 
 from __future__ import annotations
