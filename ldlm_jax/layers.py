@@ -60,9 +60,9 @@ class Dense(nn.Module):
             weights = DenseKernel(
                 (self.features,),
                 self.axes,
-                True,
+                self.kernel_init,
+                use_bias=True,
                 param_dtype=self.param_dtype,
-                kernel_init=self.kernel_init,
                 name="linear",
             )
             kernel, bias = weights((x.shape[-1],))

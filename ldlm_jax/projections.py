@@ -28,8 +28,6 @@ from flax.core import meta
 
 Dtype = Any
 
-DEFAULT_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
-
 
 class DenseKernel(nn.Module):
     """The weights of an nn.DenseGeneral over `in_features` input dims, without the matmul.
@@ -41,10 +39,10 @@ class DenseKernel(nn.Module):
 
     features: tuple[int, ...]
     axes: tuple[str, ...]
+    kernel_init: Any  # the caller's (layers.Dense passes its own), so the two cannot drift
     use_bias: bool = False
     bias_axes: tuple[str, ...] = ("norm",)
     param_dtype: Dtype = jnp.float32
-    kernel_init: Any = DEFAULT_INIT
 
     @nn.compact
     def __call__(self, in_features: Sequence[int]):
