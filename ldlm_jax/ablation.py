@@ -141,6 +141,13 @@ def run_study(study: Study) -> dict:
     unknown = [a for a in study.arms if a not in ARMS]
     if unknown:
         raise StudyError(f"unknown arm(s) {unknown}; choose from {list(ARMS)}")
+    # The sampling settings are only used after the scorer and an arm have trained: check now.
+    if not study.sampler_steps or min(study.sampler_steps) < 1:
+        raise StudyError(f"--sampler-steps must be >= 1 each, got {list(study.sampler_steps)}")
+    if study.num_samples < 1:
+        raise StudyError(f"--num-samples must be >= 1, got {study.num_samples}")
+    if not study.seeds:
+        raise StudyError("--seeds is empty; give at least one, e.g. --seeds 0")
     config = base_config(study)
     steps = budget_steps(config, study)
     _check_workdir(study)

@@ -69,6 +69,21 @@ def test_budget_scales_the_schedules_and_counts_tokens():
         ablation.build_parser().parse_args(["--workdir", "x", "--arms", "full,bogus"])
 
 
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(sampler_steps=(10, 0)), "--sampler-steps must be >= 1 each"),
+        (dict(num_samples=0), "--num-samples must be >= 1"),
+        (dict(seeds=()), "--seeds is empty"),
+    ],
+)
+def test_bad_sampling_settings_fail_before_any_training(tmp_path, bad, message):
+    workdir = tmp_path / "study"
+    with pytest.raises(ablation_arms.StudyError, match=message):
+        ablation.run_study(tiny_study(workdir, budget=2, **bad))
+    assert not workdir.exists()  # nothing trained, nothing written
+
+
 # ----------------------------------------------------------------------------- the AR model
 
 
