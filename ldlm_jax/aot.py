@@ -89,7 +89,7 @@ def _model_and_state(config, mesh, rules):
     from ldlm_jax.ldlm import LDLM
 
     frozen_lm = abstract_frozen_lm(config)
-    model = LDLM(config, frozen_lm)
+    model = LDLM(config, frozen_lm, platform=mesh.devices.flat[0].platform)
     optimizer, lr_schedule = optim.make_optimizer(config)
     init_fn = ts.make_init_fn(functools.partial(model.init_params, unbox=False), optimizer, config)
     boxed, state_sh = ts.state_shardings(init_fn, jax.random.PRNGKey(0), mesh, rules)
@@ -122,13 +122,14 @@ def train_step_program(config, mesh):
 
 
 def model_flops(config, mesh) -> float | None:
-    """Global FLOPs of one train step as XLA counts them before partitioning, with remat off and
-    one microbatch (XLA would count the accumulation loop's body once)."""
+    """Global FLOPs of one train step as XLA counts them before partitioning, with remat off,
+    one microbatch (XLA would count the accumulation loop's body once) and XLA attention."""
     from ldlm_jax import metrics_logging
     from ldlm_jax.config import from_dict, to_dict
 
     plain = from_dict(to_dict(config))
     plain.model.remat = "none"
+    plain.model.attention = "xla"  # the same math; XLA counts a Pallas kernel's FLOPs poorly
     plain.train.microbatches = 1
     step_fn, args, _, _ = train_step_program(plain, mesh)
     unsharded = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
@@ -203,7 +204,7 @@ def compile_sampler(
 
     settings = {**default_sampler_settings(config), **(settings or {})}
     check_settings({**settings, "seed": 0})
-    model = LDLM(config, abstract_frozen_lm(config))
+    model = LDLM(config, abstract_frozen_lm(config), platform=mesh.devices.flat[0].platform)
     gen = generation.Generator(config, model, None, None, None, None, mesh)
     fn = generation._sample_fn(gen, **settings)  # the very function ldlm-sample runs
     replicated = shd.replicated(mesh)

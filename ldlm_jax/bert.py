@@ -78,6 +78,7 @@ class BertLM(nn.Module):
     spec: BertSpec
     dtype: L.Dtype = jnp.float32
     param_dtype: L.Dtype = jnp.float32
+    attention_kernel: str = "xla"  # attention_kernels: 'xla', 'flash' or 'auto'
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, stop_at_layer=None):
@@ -103,7 +104,7 @@ class BertLM(nn.Module):
             jnp.zeros((1, length), jnp.int32)
         )
         x = L.constrain(L.layer_norm(s.layer_norm_eps, name="embeddings_ln", **kw)(x))
-        bias = L.attention_bias(attention_mask, causal=False)
+        bias = L.AttentionMask(attention_mask, False, self.attention_kernel)
         hidden = [x]
         for i in range(last):
             x = L.constrain(BertBlock(s, name=f"layer_{i}", **kw)(x, bias))

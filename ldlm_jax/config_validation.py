@@ -22,6 +22,7 @@ DATA_MODES = ("pack", "pad")
 TEXT_UNITS = ("line", "paragraph", "file")
 DTYPES = ("float32", "bfloat16")
 REMAT_MODES = ("none", "full", "dots")
+ATTENTION_KERNELS = ("auto", "xla", "flash")  # ldlm_jax.attention_kernels
 
 
 class ConfigError(ValueError):
@@ -72,6 +73,7 @@ def validate_config(config: ConfigDict) -> None:
     _check_choice(config, "model.dtype", DTYPES)
     _check_choice(config, "model.param_dtype", DTYPES)
     _check_choice(config, "model.remat", REMAT_MODES)
+    _check_choice(config, "model.attention", ATTENTION_KERNELS)
     _check_choice(config, "frozen_lm.dtype", DTYPES)
     model = config.model
     if model.latent_dim != model.denoiser.width:

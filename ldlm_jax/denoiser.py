@@ -38,13 +38,21 @@ class LlamaBlock(nn.Module):
     rope_theta: float = 1e4
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention_kernel: str = "xla"  # attention_kernels.attention: 'xla', 'flash' or 'auto'
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """x [B, K, D] -> [B, K, D]."""
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         y = RMSNorm(name="attention_norm", **kw)(x)
-        x = x + Attention(self.num_heads, rope_theta=self.rope_theta, name="attention", **kw)(y)
+        attention = Attention(
+            self.num_heads,
+            rope_theta=self.rope_theta,
+            kernel=self.attention_kernel,
+            name="attention",
+            **kw,
+        )
+        x = x + attention(y)
         x = x + SwiGLU(self.mlp_dim, name="mlp", **kw)(RMSNorm(name="mlp_norm", **kw)(x))
         return constrain(x, ("batch", "latent", "embed"))
 
@@ -80,6 +88,7 @@ class Denoiser(nn.Module):
     remat: str = "none"  # activation checkpointing per block (layers.remat_layer)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention_kernel: str = "xla"  # attention_kernels.attention: 'xla', 'flash' or 'auto'
 
     @nn.compact
     def __call__(self, z_t: jax.Array, t: jax.Array, self_cond: jax.Array) -> jax.Array:
@@ -108,6 +117,14 @@ class Denoiser(nn.Module):
             x = x + cond_t[:, None, :] + cond_sc
             if self.unet_skips and i < half:
                 skips.append(x)
-            x = block_cls(self.num_heads, self.mlp_dim, self.rope_theta, name=f"block_{i}", **kw)(x)
+            block = block_cls(
+                self.num_heads,
+                self.mlp_dim,
+                self.rope_theta,
+                attention_kernel=self.attention_kernel,
+                name=f"block_{i}",
+                **kw,
+            )
+            x = block(x)
         x0_hat = RMSNorm(dtype=jnp.float32, param_dtype=self.param_dtype, name="output_norm")(x)
         return constrain(x0_hat, ("batch", "latent", "embed"))

@@ -61,6 +61,7 @@ class PerceiverLayer(nn.Module):
     local_bias: float = 0.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention_kernel: str = "xla"  # attention_kernels.attention: 'xla', 'flash' or 'auto'
 
     @nn.compact
     def __call__(
@@ -76,7 +77,9 @@ class PerceiverLayer(nn.Module):
             own = jnp.ones(x.shape[:2], dtype=bool)
             key_mask = jnp.concatenate([own, context_mask.astype(bool)], axis=1)
         bias = locality_bias(x.shape[1], context.shape[1], self.num_heads, self.local_bias)
-        attention = Attention(self.num_heads, qk_norm=True, name="attention", **kw)
+        attention = Attention(
+            self.num_heads, qk_norm=True, kernel=self.attention_kernel, name="attention", **kw
+        )
         x = x + attention(x_norm, kv, key_mask, bias)
         x = x + GeluMLP(self.mlp_dim, name="mlp", **kw)(RMSNorm(name="mlp_norm", **kw)(x))
         return constrain(x)
@@ -95,6 +98,7 @@ class Encoder(nn.Module):
     remat: str = "none"  # activation checkpointing per layer (layers.remat_layer)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention_kernel: str = "xla"  # attention_kernels.attention: 'xla', 'flash' or 'auto'
 
     @nn.compact
     def __call__(self, h: jax.Array, mask: jax.Array) -> jax.Array:
@@ -115,7 +119,12 @@ class Encoder(nn.Module):
         layer_cls = remat_layer(PerceiverLayer, self.remat)
         for i in range(self.num_layers):
             layer = layer_cls(
-                self.num_heads, self.mlp_dim, self.local_bias, name=f"layer_{i}", **kw
+                self.num_heads,
+                self.mlp_dim,
+                self.local_bias,
+                attention_kernel=self.attention_kernel,
+                name=f"layer_{i}",
+                **kw,
             )
             x = layer(x, features, mask)
         z0 = RMSNorm(dtype=jnp.float32, param_dtype=self.param_dtype, name="output_norm")(x)

@@ -129,12 +129,18 @@ class FrozenLM:
         out = self.module.apply({"params": params}, input_ids, attention_mask, stop_at_layer)
         return jax.tree.map(jax.lax.stop_gradient, out)
 
-    def hidden_states(self, params, input_ids, attention_mask, layer: int) -> jax.Array:
+    def hidden_states(
+        self, params, input_ids, attention_mask, layer: int, attention_kernel: str = "xla"
+    ) -> jax.Array:
         """float32 [B, L, D] hidden_states[layer] (HF indexing, negative allowed), stop_gradient'ed,
-        running only the blocks needed. Pure and jittable (layer static)."""
+        running only the blocks needed. Pure and jittable (layer static). attention_kernel:
+        'xla', 'flash' or 'auto' (ldlm_jax.attention_kernels; LDLM passes its resolved choice)."""
         self._check_inputs(input_ids)
         index = lm_layers.resolve_layer(layer, self.num_layers)
-        out = self.module.apply({"params": params}, input_ids, attention_mask, index)
+        module = self.module
+        if attention_kernel != "xla":
+            module = module.clone(attention_kernel=attention_kernel)
+        out = module.apply({"params": params}, input_ids, attention_mask, index)
         return jax.lax.stop_gradient(out.hidden_states[index].astype(jnp.float32))
 
     def logits(self, params, input_ids, attention_mask=None) -> jax.Array:

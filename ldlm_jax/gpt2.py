@@ -82,6 +82,7 @@ class GPT2LM(nn.Module):
     spec: GPT2Spec
     dtype: L.Dtype = jnp.float32
     param_dtype: L.Dtype = jnp.float32
+    attention_kernel: str = "xla"  # attention_kernels: 'xla', 'flash' or 'auto'
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, stop_at_layer=None):
@@ -107,7 +108,7 @@ class GPT2LM(nn.Module):
             **kw,
         )
         x = L.constrain(wte(input_ids) + wpe(jnp.arange(length))[None])
-        bias = L.attention_bias(attention_mask, causal=True)
+        bias = L.AttentionMask(attention_mask, True, self.attention_kernel)
         hidden = [x]
         for i in range(min(last, s.num_layers - 1)):
             x = L.constrain(GPT2Block(s, i, name=f"h_{i}", **kw)(x, bias))

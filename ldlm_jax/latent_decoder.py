@@ -36,6 +36,7 @@ class LatentDecoder(nn.Module):
     remat: str = "none"  # activation checkpointing per layer (layers.remat_layer)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention_kernel: str = "xla"  # attention_kernels.attention: 'xla', 'flash' or 'auto'
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
@@ -56,7 +57,12 @@ class LatentDecoder(nn.Module):
         layer_cls = remat_layer(PerceiverLayer, self.remat)
         for i in range(self.num_layers):
             layer = layer_cls(
-                self.num_heads, self.mlp_dim, self.local_bias, name=f"layer_{i}", **kw
+                self.num_heads,
+                self.mlp_dim,
+                self.local_bias,
+                attention_kernel=self.attention_kernel,
+                name=f"layer_{i}",
+                **kw,
             )
             x = layer(x, context)
         x = RMSNorm(name="output_norm", **kw)(x)

@@ -18,8 +18,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from ldlm_jax import sharding
+from ldlm_jax import attention_kernels, sharding
 from ldlm_jax.projections import DenseKernel, head_linear
 
 Dtype = Any
@@ -123,6 +124,11 @@ class LayerNorm(nn.Module):
 def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     """Rotary position embedding (rotate-half form) in float32.
 
+    rotate_half(x) = [-x2, x1] is taken as x @ R with a fixed signed permutation R rather than
+    by slicing the head dimension in halves: the same numbers (each output is one input times
+    +-1, exact at HIGHEST precision), but on TPU half-width slices of a 64-wide head dimension
+    pad to the 128-lane tile and made RoPE cost as much HBM traffic as the attention itself.
+
     Args:
       x: [batch, length, heads, head_dim].
       positions: [length] int32.
@@ -132,18 +138,26 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     half = x.shape[-1] // 2
     freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
     angles = positions.astype(jnp.float32)[:, None] * freqs[None, :]  # [L, half]
-    sin, cos = jnp.sin(angles)[None, :, None, :], jnp.cos(angles)[None, :, None, :]
-    x = x.astype(jnp.float32)
-    x1, x2 = x[..., :half], x[..., half:]
-    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    angles = jnp.concatenate([angles, angles], axis=-1)[None, :, None, :]  # [1, L, 1, head_dim]
+    eye, zeros = np.eye(half, dtype=np.float32), np.zeros((half, half), np.float32)
+    rotate_half = jnp.asarray(np.block([[zeros, eye], [-eye, zeros]]), x.dtype)
+    x_rotated = jnp.einsum(
+        "blhd,de->blhe",
+        x,
+        rotate_half,
+        precision=jax.lax.Precision.HIGHEST,
+        preferred_element_type=jnp.float32,
+    )
+    return x.astype(jnp.float32) * jnp.cos(angles) + x_rotated * jnp.sin(angles)
 
 
 class Attention(nn.Module):
     """Multi-head attention; queries from `x_q`, keys/values from `x_kv` (self-attention if None).
 
     Options: per-head QK RMSNorm (`qk_norm`), RoPE on queries and keys (`rope_theta` > 0), biases.
-    Kernels: q/k/v [embed, heads, kv], out [heads, kv, embed]. The logits come out of the
-    matmul in float32 (no low-precision copy to upcast under bf16); the softmax runs in float32.
+    Kernels: q/k/v [embed, heads, kv], out [heads, kv, embed]. `kernel` picks the attention
+    kernel (ldlm_jax.attention_kernels): XLA (logits in float32 straight out of the matmul, float32
+    softmax) or Pallas flash attention on TPU; the params are the same.
     """
 
     num_heads: int
@@ -152,6 +166,7 @@ class Attention(nn.Module):
     use_bias: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    kernel: str = "xla"  # attention_kernels.attention: 'xla', 'flash' or 'auto'
 
     @nn.compact
     def __call__(
@@ -186,15 +201,8 @@ class Attention(nn.Module):
             q = apply_rope(q, jnp.arange(q.shape[1]), self.rope_theta)
             k = apply_rope(k, jnp.arange(k.shape[1]), self.rope_theta)
         q = q.astype(self.dtype) * jnp.asarray(1.0 / math.sqrt(head_dim), self.dtype)
-        k = k.astype(self.dtype)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-        if bias is not None:
-            logits = logits + bias[None].astype(jnp.float32)
-        if key_mask is not None:
-            big_neg = jnp.finfo(jnp.float32).min
-            logits = jnp.where(key_mask[:, None, None, :].astype(bool), logits, big_neg)
-        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+        k, v = k.astype(self.dtype), v.astype(self.dtype)
+        out = attention_kernels.attention(q, k, v, key_mask, bias, kernel=self.kernel)
         return nn.DenseGeneral(
             width,
             axis=(-2, -1),

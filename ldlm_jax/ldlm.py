@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from ldlm_jax import adaptive_timesteps, gamma_warmup, losses
+from ldlm_jax.attention_kernels import resolve_kernel
 from ldlm_jax.config import latent_count
 from ldlm_jax.denoiser import Denoiser
 from ldlm_jax.encoder import Encoder
@@ -50,6 +51,7 @@ class LDLMNetworks(nn.Module):
     config: Any
     lm_dim: int
     vocab_size: int
+    attention_kernel: str = "xla"  # resolved from config.model.attention for the backend
 
     def setup(self):
         c, m = self.config, self.config.model
@@ -57,6 +59,7 @@ class LDLMNetworks(nn.Module):
             dtype=as_dtype(m.dtype),
             param_dtype=as_dtype(m.param_dtype),
             remat=m.remat,
+            attention_kernel=self.attention_kernel,
         )
         seq_len, k = c.data.seq_len, latent_count(c)
         enc, den, ldec, tdec = m.encoder, m.denoiser, m.latent_decoder, m.token_decoder
@@ -134,9 +137,20 @@ class LDLM:
       config: the locked, validated ConfigDict.
       frozen_lm: a FrozenLM (ldlm_jax.frozen_lm); may be None if lm_dim and vocab_size are given
         (e.g. for abstract parameter counting).
+      platform: the backend the programs are compiled for ('tpu', 'cpu', 'gpu'; default
+        jax.default_backend()): picks the attention kernel for config.model.attention. An
+        ahead-of-time compile for a TPU slice from a CPU host passes 'tpu'.
     """
 
-    def __init__(self, config, frozen_lm=None, *, lm_dim: int | None = None, vocab_size=None):
+    def __init__(
+        self,
+        config,
+        frozen_lm=None,
+        *,
+        lm_dim: int | None = None,
+        vocab_size=None,
+        platform: str | None = None,
+    ):
         self.config = config
         self.frozen_lm = frozen_lm
         if frozen_lm is not None:
@@ -147,7 +161,9 @@ class LDLM:
         self.seq_len = config.data.seq_len
         self.num_latents = latent_count(config)
         self.latent_dim = config.model.latent_dim
-        self.networks = LDLMNetworks(config, self.lm_dim, self.vocab_size)
+        platform = platform or jax.default_backend()
+        self.attention_kernel = resolve_kernel(config.model.attention, platform)
+        self.networks = LDLMNetworks(config, self.lm_dim, self.vocab_size, self.attention_kernel)
         self.schedule = schedule_from_config(config)
 
     def _init_boxed(self, rng):
@@ -176,7 +192,11 @@ class LDLM:
         hidden_stats_dict: {'mean': [Dh], 'std': [Dh]} or None (then h is not normalised; so too
         when config.frozen_lm.normalize is off)."""
         h = self.frozen_lm.hidden_states(
-            frozen_params, input_ids, attention_mask, int(self.config.frozen_lm.layer)
+            frozen_params,
+            input_ids,
+            attention_mask,
+            int(self.config.frozen_lm.layer),
+            attention_kernel=self.attention_kernel,
         )
         if self.config.frozen_lm.normalize and hidden_stats_dict is not None:
             mean = jnp.asarray(hidden_stats_dict["mean"], jnp.float32)

@@ -128,6 +128,7 @@ class LlamaLM(nn.Module):
     spec: LlamaSpec
     dtype: L.Dtype = jnp.float32
     param_dtype: L.Dtype = jnp.float32
+    attention_kernel: str = "xla"  # attention_kernels: 'xla', 'flash' or 'auto'
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, stop_at_layer=None):
@@ -146,7 +147,7 @@ class LlamaLM(nn.Module):
             **kw,
         )
         x = L.constrain(embed(input_ids))
-        bias = L.attention_bias(attention_mask, causal=True)
+        bias = L.AttentionMask(attention_mask, True, self.attention_kernel)
         rope = tuple(jnp.asarray(t) for t in rope_tables(s, length))
         hidden = [x]
         for i in range(min(last, s.num_layers - 1)):

@@ -15,7 +15,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from ldlm_jax import sharding
+from ldlm_jax import attention_kernels, sharding
 
 Dtype = Any
 KERNEL_INIT = nn.initializers.normal(stddev=0.02)
@@ -74,6 +74,21 @@ def activation(name: str):
     if name not in table:
         raise ValueError(f"unsupported activation {name!r}; supported: {sorted(table)}")
     return table[name]
+
+
+@flax.struct.dataclass
+class AttentionMask:
+    """Which keys each query sees: attention_mask int [batch, length] (1 = token, 0 = pad), and
+    future keys hidden when `causal`; `kernel` picks the attention kernel (attention_kernels:
+    'xla', 'flash', 'auto'). The XLA kernel adds attention_bias(...); the flash kernel takes
+    the mask as segment ids and the causal flag."""
+
+    attention_mask: jax.Array
+    causal: bool = flax.struct.field(pytree_node=False, default=False)
+    kernel: str = flax.struct.field(pytree_node=False, default="xla")
+
+    def bias(self) -> jax.Array:
+        return attention_bias(self.attention_mask, self.causal)
 
 
 def attention_bias(attention_mask: jax.Array, causal: bool) -> jax.Array:
@@ -145,8 +160,8 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 class Attention(nn.Module):
     """Multi-head attention with grouped-query support (num_kv_heads divides num_heads).
 
-    Call: x [batch, length, embed], bias float32 [batch, 1, length, length], optional rope =
-    (cos, sin) [length, kv] -> [batch, length, embed]."""
+    Call: x [batch, length, embed], mask (AttentionMask), optional rope = (cos, sin)
+    [length, kv] -> [batch, length, embed]."""
 
     num_heads: int
     num_kv_heads: int
@@ -158,7 +173,7 @@ class Attention(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, bias, rope=None):
+    def __call__(self, x, mask: AttentionMask, rope=None):
         embed = x.shape[-1]
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         q = dense(
@@ -186,6 +201,15 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         b, length, _, d = q.shape
         groups = self.num_heads // self.num_kv_heads
+        if attention_kernels.use_flash(mask.kernel, length, length):
+            k, v = (jnp.repeat(a, groups, axis=2) for a in (k, v))  # heads h*groups+g share kv h
+            ctx = attention_kernels.flash_attention(
+                q, k, v, mask.attention_mask, causal=mask.causal, scale=self.scale
+            )
+            return dense(
+                embed, ("heads", "kv", "embed"), self.out_bias, axis=(-2, -1), name="out", **kw
+            )(ctx.astype(self.dtype))
+        bias = mask.bias()
         q = q.reshape(b, length, self.num_kv_heads, groups, d)
         scores = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32)
         scores = scores * self.scale + bias[:, :, None]  # bias broadcasts over (kv heads, groups)

@@ -290,6 +290,23 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, spec)
 
 
+def activation_spec(names: Sequence[str | None], shape: Sequence[int]) -> PartitionSpec | None:
+    """The PartitionSpec `constrain` would give an activation of `shape` with logical `names`, or
+    None where it would leave it alone (no active rules, no multi-device Auto mesh). For code
+    that must name the split itself, e.g. a Pallas kernel run per shard under shard_map."""
+    rules = _ACTIVATION_RULES.get()
+    mesh = jax.sharding.get_abstract_mesh()
+    if (
+        rules is None
+        or mesh.empty
+        or mesh.size == 1
+        or not set(MESH_AXES) <= set(mesh.axis_names)
+        or not mesh.are_all_axes_auto
+    ):
+        return None
+    return logical_to_spec(tuple(names), tuple(shape), rules, mesh, "activation", warn=False)
+
+
 def describe_mesh(mesh: Mesh) -> str:
     """'data=2 fsdp=2 tensor=2 over 8 cpu devices'."""
     axes = " ".join(f"{a}={mesh.shape[a]}" for a in mesh.axis_names)

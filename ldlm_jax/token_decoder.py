@@ -34,13 +34,17 @@ class PreLNBlock(nn.Module):
     mlp_dim: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention_kernel: str = "xla"  # attention_kernels.attention: 'xla', 'flash' or 'auto'
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
         """x [B, L, D], mask [B, L] (1 = token) -> [B, L, D]."""
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         y = LayerNorm(name="attention_norm", **kw)(x)
-        x = x + Attention(self.num_heads, use_bias=True, name="attention", **kw)(y, key_mask=mask)
+        attention = Attention(
+            self.num_heads, use_bias=True, kernel=self.attention_kernel, name="attention", **kw
+        )
+        x = x + attention(y, key_mask=mask)
         y = LayerNorm(name="mlp_norm", **kw)(x)
         x = x + GeluMLP(self.mlp_dim, use_bias=True, name="mlp", **kw)(y)
         return constrain(x)
@@ -58,6 +62,7 @@ class TokenDecoder(nn.Module):
     remat: str = "none"  # activation checkpointing per layer (layers.remat_layer)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention_kernel: str = "xla"  # attention_kernels.attention: 'xla', 'flash' or 'auto'
 
     @nn.compact
     def __call__(self, h_hat: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -71,7 +76,14 @@ class TokenDecoder(nn.Module):
         x = x + positions[None, :length].astype(self.dtype)
         block_cls = remat_layer(PreLNBlock, self.remat)
         for i in range(self.num_layers):
-            x = block_cls(self.num_heads, self.mlp_dim, name=f"layer_{i}", **kw)(x, mask)
+            block = block_cls(
+                self.num_heads,
+                self.mlp_dim,
+                attention_kernel=self.attention_kernel,
+                name=f"layer_{i}",
+                **kw,
+            )
+            x = block(x, mask)
         x = LayerNorm(name="output_norm", **kw)(x)
         head = Dense(self.vocab_size, ("embed", "vocab"), True, name="lm_head", head=True, **kw)
         logits = head(x)  # projections.head_linear's gradient (a vocabulary-wide matmul)

@@ -113,6 +113,28 @@ def test_fsdp_tensor_through_ldlm_train(libtpu, capsys, tmp_path):
     assert not workdir.exists()  # nothing ran, nothing was written
 
 
+def test_flash_attention_in_the_real_step_under_fsdp_x_tensor(libtpu):
+    """At lengths the Pallas kernel takes (128 here), model.attention='auto' puts flash attention
+    in every attention layer of the TPU programs (encoder, denoiser, decoders, frozen LM), run
+    per shard over batch (data, fsdp) and heads (tensor); the report adds the backward FLOPs."""
+    overrides = ("data.seq_len=128", "mesh.data=1", "mesh.fsdp=4", "mesh.tensor=2")
+    config = shrink(load_config(OWT), *SMALL, *overrides)
+    result = aot.compile_programs(config, TOPOLOGY, log=None)
+    train, sampler = result.reports["train_step"], result.reports["sampler"]
+    text = tpu_compile.format_report(train)
+    assert train.fits and train.step_seconds > 0 and 0 < train.mfu <= 1, text
+    # Forward, dq and dkv kernels for 5 trainable layers (1 encoder, 2 denoiser, 1 + 1 decoder),
+    # a forward for each denoiser layer in the self-conditioning pass, and one per block of the
+    # 2-layer frozen LM.
+    kernels = [int(n.split()[0]) for n in train.notes if "flash-attention kernels" in n]
+    assert kernels == [3 * 5 + 2 + 2], text
+    assert any("flash-attention kernels" in n for n in sampler.notes), sampler.notes
+    plain = shrink(load_config(OWT), *SMALL, *overrides, "model.attention=xla")
+    assert aot.model_flops(config, aot.target_mesh(config, TOPOLOGY)) == aot.model_flops(
+        plain, aot.target_mesh(plain, TOPOLOGY)
+    )  # MFU credits the model's math, whichever kernel runs it
+
+
 def test_too_large_config_does_not_fit(libtpu, capsys, tmp_path):
     # 2 x 16 GiB of float32 token-decoder MLP weights, replicated with their EMA and Adam
     # moments: ~150 GiB per chip against v5p's 95 GiB.
