@@ -257,7 +257,7 @@ def evaluate_ldlm(study: Study, folder: str, seed: int, scorer) -> tuple[float, 
         frontier.append({"steps": steps, **point, "sampling_seconds": seconds})
     batches = heldout_batches(gen, study.heldout_batches)
     recon = evaluation.reconstruction_accuracy(
-        gen.ldlm, gen.params, gen.frozen_params, gen.hidden_stats, batches
+        gen.ldlm, gen.params, gen.frozen_params, gen.hidden_stats, batches, gen.mesh
     )
     return recon["reconstruction_accuracy"], frontier
 

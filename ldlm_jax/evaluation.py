@@ -13,6 +13,7 @@ the generated ids: a low-entropy, repetitive sampler gets a low perplexity.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -24,6 +25,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from ldlm_jax import sharding as shd
 
 DEFAULT_CONTEXT = 1024
 
@@ -295,15 +298,23 @@ def mauve_score(
 # ----------------------------------------------------------------------------- reconstruction
 
 
-def reconstruction_accuracy(ldlm, params, frozen_params, hidden_stats, batches) -> dict:
+def reconstruction_accuracy(ldlm, params, frozen_params, hidden_stats, batches, mesh=None) -> dict:
     """Autoencoder token accuracy without diffusion noise: tokens -> h -> encode -> decode_hidden
     -> decode_tokens -> argmax, compared with the input over non-pad positions.
 
     ldlm: an LDLM container; params: its trainable params (EMA or raw); frozen_params and
     hidden_stats ({'mean', 'std'}) as saved; batches: dicts of input_ids / attention_mask int32
-    [B, L]. Returns {'reconstruction_accuracy': correct / non-pad tokens, 'tokens': count}.
+    [B, L]; mesh: the mesh the params live on (Generator.mesh), entered with the config's
+    activation rules as in sampling (the TPU flash-attention kernel runs per shard under it).
+    Returns {'reconstruction_accuracy': correct / non-pad tokens, 'tokens': count}.
     """
     fn = _reconstruct_fn(ldlm)
+    context = jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
+    with context:
+        return _count_correct(fn, params, frozen_params, hidden_stats, batches)
+
+
+def _count_correct(fn, params, frozen_params, hidden_stats, batches) -> dict:
     correct, total = 0, 0
     for batch in batches:
         ids = np.asarray(batch["input_ids"], np.int32)
@@ -319,14 +330,13 @@ def reconstruction_accuracy(ldlm, params, frozen_params, hidden_stats, batches) 
 
 
 def _reconstruct_fn(ldlm):
-    @jax.jit
     def fn(params, frozen_params, hidden_stats, ids, mask):
         h = ldlm.hidden(frozen_params, hidden_stats, ids, mask)
         z0 = ldlm.encode(params, h, mask)
         h_hat = ldlm.decode_hidden(params, z0)
         return jnp.argmax(ldlm.decode_tokens(params, h_hat, mask), axis=-1).astype(jnp.int32)
 
-    return fn
+    return jax.jit(shd.with_activation_rules(fn, ldlm.config.logical_axis_rules))
 
 
 # ----------------------------------------------------------------------------- frontier

@@ -189,7 +189,7 @@ def run(args) -> dict:
     }
     if heldout:
         recon = evaluation.reconstruction_accuracy(
-            gen.ldlm, gen.params, gen.frozen_params, gen.hidden_stats, heldout
+            gen.ldlm, gen.params, gen.frozen_params, gen.hidden_stats, heldout, gen.mesh
         )
         result["reconstruction_accuracy"] = recon["reconstruction_accuracy"]
         result["reconstruction_tokens"] = recon["tokens"]
