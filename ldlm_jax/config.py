@@ -66,8 +66,9 @@ def base_config() -> ConfigDict:
     # recomputes it): 'none'; 'full' (keep only layer inputs); 'dots' (also keep the weight
     # matmuls, recompute attention and elementwise ops). Same params, same results.
     c.model.remat = "none"
-    # Attention kernel (ldlm_jax.attention_kernels): 'auto' = Pallas flash attention on TPU where
-    # the lengths are multiples of 128 and no locality bias is set, XLA elsewhere; 'xla'; 'flash'.
+    # Attention kernel (ldlm_jax.attention_kernels): 'auto' = Pallas flash attention on TPU for
+    # keys of >= 512 positions (lengths multiples of 128, no locality bias), XLA elsewhere; 'xla';
+    # 'flash' (also below 512).
     c.model.attention = "auto"
     c.model.encoder = ConfigDict(dict(num_layers=6, num_heads=12, mlp_dim=3072))
     c.model.denoiser = ConfigDict(

@@ -114,10 +114,11 @@ def test_fsdp_tensor_through_ldlm_train(libtpu, capsys, tmp_path):
 
 
 def test_flash_attention_in_the_real_step_under_fsdp_x_tensor(libtpu):
-    """At lengths the Pallas kernel takes (128 here), model.attention='auto' puts flash attention
-    in every attention layer of the TPU programs (encoder, denoiser, decoders, frozen LM), run
-    per shard over batch (data, fsdp) and heads (tensor); the report adds the backward FLOPs."""
-    overrides = ("data.seq_len=128", "mesh.data=1", "mesh.fsdp=4", "mesh.tensor=2")
+    """At L = 512 (>= FLASH_AUTO_MIN_LENGTH, a multiple of 128), model.attention='auto' puts flash
+    attention in every attention layer of the TPU programs (encoder, denoiser, decoders, frozen
+    LM), run per shard over batch (data, fsdp) and heads (tensor); the report adds the backward
+    FLOPs."""
+    overrides = ("data.seq_len=512", "mesh.data=1", "mesh.fsdp=4", "mesh.tensor=2")
     config = shrink(load_config(OWT), *SMALL, *overrides)
     result = aot.compile_programs(config, TOPOLOGY, log=None)
     train, sampler = result.reports["train_step"], result.reports["sampler"]

@@ -139,9 +139,17 @@ def test_kernel_choice_and_errors_before_compile():
     y = jnp.zeros((1, 128, 2, 8))
     with pytest.raises(ValueError, match="attention bias"):
         attention_kernels.attention(y, y, y, bias=bias, kernel="flash")
-    # 'auto' falls back to XLA for shapes the kernel cannot take (no Pallas call at all).
-    text = jax.jit(lambda a: attention_kernels.attention(a, a, a, kernel="auto")).lower(x).as_text()
-    assert "tpu_custom_call" not in text and "pallas" not in text
+    # 'auto' falls back to XLA for shapes the kernel cannot take, and for keys shorter than
+    # FLASH_AUTO_MIN_LENGTH, where XLA moves fewer bytes (no Pallas call at all).
+    short = jnp.zeros((1, 256, 2, 8))
+    for a in (x, short):
+        auto = jax.jit(lambda a: attention_kernels.attention(a, a, a, kernel="auto"))
+        text = auto.lower(a).as_text()
+        assert "tpu_custom_call" not in text and "pallas" not in text
+    assert attention_kernels.use_flash("auto", 256, 512) and attention_kernels.use_flash(
+        "flash", 128, 128
+    )
+    assert not attention_kernels.use_flash("auto", 512, 256)
 
 
 @pytest.fixture(scope="module")
