@@ -115,9 +115,10 @@ def test_rope_matmul_form_equals_the_rotate_half_formula():
     sin, cos = jnp.sin(angles)[None, :, None, :], jnp.cos(angles)[None, :, None, :]
     x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
     want = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    got = apply_rope(x, positions, 1e4)
-    assert got.dtype == jnp.float32
-    np.testing.assert_array_equal(got, want)
+    for rotate_by_matmul in (False, True):
+        got = apply_rope(x, positions, 1e4, rotate_by_matmul)
+        assert got.dtype == jnp.float32
+        np.testing.assert_array_equal(got, want)
 
 
 def test_kernel_choice_and_errors_before_compile():
