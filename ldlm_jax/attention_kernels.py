@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from ldlm_jax import sharding
+from ldlm_jax.compile_report import HLO_ITEMSIZE
 from ldlm_jax.config_validation import ATTENTION_KERNELS as KERNELS
 
 FLASH_BLOCKS = (512, 256, 128)  # tile sizes tried, largest first; 128 is the TPU lane width
@@ -144,8 +145,6 @@ def attention(q, k, v, key_mask=None, bias=None, kernel: str = "xla"):
     """softmax(q k^T + bias + mask) v with the kernel `kernel` ('xla', 'flash' or 'auto'; see
     resolve_kernel). Shapes as in xla_attention; 'flash' raises ValueError naming a shape or
     bias it cannot take (at trace time, before any compile), 'auto' then uses XLA."""
-    if kernel == "xla":
-        return xla_attention(q, k, v, key_mask, bias)
     if use_flash(kernel, q.shape[1], k.shape[1], bias is not None):
         return flash_attention(q, k, v, key_mask)
     return xla_attention(q, k, v, key_mask, bias)
@@ -169,15 +168,14 @@ def use_flash(kernel: str, q_len: int, kv_len: int, has_bias: bool = False) -> b
 
 _TPU_KERNEL = re.compile(r"^\s*(?:ROOT )?%(\S+) = .*custom_call_target=\"tpu_custom_call\"")
 _OPERAND_SHAPES = re.compile(r"operand_layout_constraints=\{(.*?\})\}")
-_SHAPE = re.compile(r"(bf16|f16|f32|s32)\[([\d,]*)\]")
-_ITEMSIZE = {"bf16": 2, "f16": 2, "f32": 4, "s32": 4}
+_SHAPE = re.compile(rf"\b({'|'.join(HLO_ITEMSIZE)})\[([\d,]*)\]")
 
 
 def _operands(line: str) -> list[tuple[int, tuple[int, ...]]]:
     """(itemsize, shape) of each operand of one HLO custom-call line."""
     match = _OPERAND_SHAPES.search(line)
     found = _SHAPE.findall(match.group(1)) if match else []
-    return [(_ITEMSIZE[t], tuple(int(d) for d in dims.split(",") if d)) for t, dims in found]
+    return [(HLO_ITEMSIZE[t], tuple(int(d) for d in dims.split(",") if d)) for t, dims in found]
 
 
 def _size(operand) -> int:

@@ -90,8 +90,8 @@ def largest_args(abstract_args: Sequence, k: int = 5) -> list[tuple[str, tuple, 
 
 _HLO_VALUE = re.compile(r"%(\S+) = (\w+)\[([\d,]*)\]\S* (\w+)\(")
 _HLO_OP_NAME = re.compile(r'op_name="([^"]*)"')
-_ITEMSIZE = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2}
-_ITEMSIZE.update({"f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8})
+HLO_ITEMSIZE = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2}
+HLO_ITEMSIZE.update({"f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8})
 
 
 def largest_hlo_values(hlo_text: str, k: int = 5) -> list[tuple[int, str, str]]:
@@ -105,10 +105,10 @@ def largest_hlo_values(hlo_text: str, k: int = 5) -> list[tuple[int, str, str]]:
         name, dtype, dims, op = match.groups()
         op_name = _HLO_OP_NAME.search(line)
         op_name = op_name.group(1) if op_name else None
-        if dtype not in _ITEMSIZE or op in ("parameter", "bitcast", "constant"):
+        if dtype not in HLO_ITEMSIZE or op in ("parameter", "bitcast", "constant"):
             continue
         shape = [int(d) for d in dims.split(",") if d]
-        size = math.prod(shape) * _ITEMSIZE[dtype]
+        size = math.prod(shape) * HLO_ITEMSIZE[dtype]
         key = (f"{dtype}[{dims}]", op_name or f"{op} {name}")
         found[key] = max(found.get(key, 0), size)
     rows = sorted(((size, *key) for key, size in found.items()), reverse=True)

@@ -309,20 +309,15 @@ def reconstruction_accuracy(ldlm, params, frozen_params, hidden_stats, batches, 
     Returns {'reconstruction_accuracy': correct / non-pad tokens, 'tokens': count}.
     """
     fn = _reconstruct_fn(ldlm)
-    context = jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
-    with context:
-        return _count_correct(fn, params, frozen_params, hidden_stats, batches)
-
-
-def _count_correct(fn, params, frozen_params, hidden_stats, batches) -> dict:
     correct, total = 0, 0
-    for batch in batches:
-        ids = np.asarray(batch["input_ids"], np.int32)
-        mask = np.asarray(batch["attention_mask"], np.int32)
-        pred = np.asarray(fn(params, frozen_params, hidden_stats, ids, mask))
-        real = mask.astype(bool)
-        correct += int((pred == ids)[real].sum())
-        total += int(real.sum())
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        for batch in batches:
+            ids = np.asarray(batch["input_ids"], np.int32)
+            mask = np.asarray(batch["attention_mask"], np.int32)
+            pred = np.asarray(fn(params, frozen_params, hidden_stats, ids, mask))
+            real = mask.astype(bool)
+            correct += int((pred == ids)[real].sum())
+            total += int(real.sum())
     return {
         "reconstruction_accuracy": correct / total if total else float("nan"),
         "tokens": total,

@@ -205,16 +205,14 @@ class Attention(nn.Module):
             k, v = (jnp.repeat(a, groups, axis=2) for a in (k, v))  # heads h*groups+g share kv h
             ctx = attention_kernels.flash_attention(
                 q, k, v, mask.attention_mask, causal=mask.causal, scale=self.scale
-            )
-            return dense(
-                embed, ("heads", "kv", "embed"), self.out_bias, axis=(-2, -1), name="out", **kw
-            )(ctx.astype(self.dtype))
-        bias = mask.bias()
-        q = q.reshape(b, length, self.num_kv_heads, groups, d)
-        scores = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32)
-        scores = scores * self.scale + bias[:, :, None]  # bias broadcasts over (kv heads, groups)
-        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        ctx = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v).reshape(b, length, self.num_heads, d)
+            ).astype(self.dtype)
+        else:
+            q = q.reshape(b, length, self.num_kv_heads, groups, d)
+            scores = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32)
+            # the bias broadcasts over (kv heads, groups)
+            scores = scores * self.scale + mask.bias()[:, :, None]
+            probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+            ctx = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v).reshape(b, length, self.num_heads, d)
         return dense(
             embed, ("heads", "kv", "embed"), self.out_bias, axis=(-2, -1), name="out", **kw
         )(ctx)

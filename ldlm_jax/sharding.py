@@ -274,20 +274,8 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     Dimensions are mapped as for parameters (logical_to_spec): one not divisible by its mesh
     axes is replicated (logged at debug level), a mesh axis is used by one dimension only.
     """
-    rules = _ACTIVATION_RULES.get()
-    if rules is None:
-        return x
-    mesh = jax.sharding.get_abstract_mesh()
-    if (
-        mesh.empty
-        or mesh.size == 1
-        or not set(MESH_AXES) <= set(mesh.axis_names)
-        or not mesh.are_all_axes_auto
-    ):
-        return x
-    what = f"activation {tuple(names)}"
-    spec = logical_to_spec(tuple(names), x.shape, rules, mesh, what, warn=False)
-    return jax.lax.with_sharding_constraint(x, spec)
+    spec = activation_spec(names, x.shape)
+    return x if spec is None else jax.lax.with_sharding_constraint(x, spec)
 
 
 def activation_spec(names: Sequence[str | None], shape: Sequence[int]) -> PartitionSpec | None:
@@ -304,7 +292,8 @@ def activation_spec(names: Sequence[str | None], shape: Sequence[int]) -> Partit
         or not mesh.are_all_axes_auto
     ):
         return None
-    return logical_to_spec(tuple(names), tuple(shape), rules, mesh, "activation", warn=False)
+    what = f"activation {tuple(names)}"
+    return logical_to_spec(tuple(names), tuple(shape), rules, mesh, what, warn=False)
 
 
 def describe_mesh(mesh: Mesh) -> str:

@@ -184,7 +184,8 @@ def compile_for_target(
     if "optimal_seconds" in cost and optimal <= 0:
         notes.append(f"XLA optimal_seconds is {optimal:.4g} (no estimate): roofline used")
     flops, bytes_accessed = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
-    extra_flops, extra_bytes, kernels = flash_cost_correction(compiled.as_text() or "")
+    hlo_text = compiled.as_text() or ""
+    extra_flops, extra_bytes, kernels = flash_cost_correction(hlo_text)
     if kernels:
         flops, bytes_accessed = flops + extra_flops, bytes_accessed + extra_bytes
         notes.append(
@@ -226,7 +227,7 @@ def compile_for_target(
     )
     derive_estimates(report)
     if check_fits and not report.fits:
-        hlo = largest_hlo_values(compiled.as_text() or "")
+        hlo = largest_hlo_values(hlo_text)
         extra = "largest HLO values per device:\n" + "\n".join(
             f"  {format_bytes(b)} {shape_text} ({op})" for b, shape_text, op in hlo
         )
