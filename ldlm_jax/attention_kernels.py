@@ -36,7 +36,7 @@ FLASH_BLOCKS = (512, 256, 128)  # tile sizes tried, largest first; 128 is the TP
 # a [*, L, L] probability matrix is small there, while the kernel's per-row softmax statistics
 # are padded to 128 lanes. Compiled for v5e, attention forward + backward over 8192 tokens of 12
 # heads x 64: L = 128 / 256 / 512 / 1024 take 0.76 / 1.05 / 1.85 / 3.51 ms with XLA and
-# 0.94 / 1.19 / 1.31 / 1.59 ms with flash (roofline of the cost analysis).
+# 0.94 / 1.19 / 1.31 / 1.59 ms with flash (roofline; python -m ldlm_jax.bench.attention_aot).
 FLASH_AUTO_MIN_LENGTH = 512
 
 

@@ -129,9 +129,9 @@ def apply_rope(
     With rotate_by_matmul, rotate_half(x) = [-x2, x1] is taken as x @ R with a fixed signed
     permutation R instead of by slicing the head dimension in halves: the same numbers (each
     output is one input times +-1, exact at HIGHEST precision). On TPU the half-width slices of a
-    64-wide head dimension pad to the 128-lane tile, and made RoPE cost as much HBM traffic as
-    the attention itself; on CPU the slices are ~5% faster. Attention picks the matmul with the
-    TPU attention kernels.
+    64-wide head dimension pad to the 128-lane tile (4.7x the HBM traffic of the matmul form,
+    `python -m ldlm_jax.bench.attention_aot`); on CPU the slices are ~5% faster. Attention picks
+    the matmul with the TPU attention kernels.
 
     Args:
       x: [batch, length, heads, head_dim].

@@ -10,6 +10,7 @@ bytes than the XLA kernel.
 """
 
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -196,3 +197,16 @@ def test_flash_backward_cost_is_added_and_moves_fewer_bytes_on_v5p(v5p_devices):
         text,
         tpu_compile.format_report(xla),
     )
+
+
+def test_attention_benchmark_compiles_both_kernels_for_v5p(v5p_devices, capsys):
+    """`python -m ldlm_jax.bench.attention_aot` (part 1, one length): at L = 1024 the flash kernel
+    is estimated faster than XLA, and the matmul RoPE moves fewer bytes than the sliced one."""
+    from ldlm_jax.bench import attention_aot
+
+    assert attention_aot.main(["--chip", "v5p", "--lengths", "1024", "--skip-cpu"]) == 0
+    out = capsys.readouterr().out
+    ratio = re.search(r"L = 1024: .* XLA / flash ([\d.]+)", out)
+    rope = re.search(r"sliced / matmul ([\d.]+)", out)
+    assert ratio and float(ratio.group(1)) > 1 and rope and float(rope.group(1)) > 1, out
+    assert "QK RMSNorm" in out and "not measured runs" in out, out
