@@ -67,6 +67,12 @@ def test_micro_run_writes_the_report(micro):
     assert {"tok/s", "seq/s", "ms", "GFLOP/s"} <= units
     assert any("MFU" in r["figure"] for r in by_section["train_step"])
     assert {"lm_forward", "train_step", "sampler", "scaling_train"} <= set(report["details"])
+    # conftest's 8 CPU devices: the sampler's B = 2 rows shard over 2 and time one device too.
+    pairs = [r for r in report["details"]["sampler"] if r["batch"] == 2]
+    assert pairs and all(r["jax_devices"] == 2 for r in pairs)
+    assert all(r["max_abs_diff_devices"] < 1e-5 for r in pairs)
+    figures = " | ".join(row["figure"] for row in by_section["sampler"])
+    assert "B=2, 2 steps on 2 CPU devices" in figures and "B=2, 2 steps on 1 CPU device" in figures
 
 
 def test_ratios_follow_from_the_measured_times(micro):

@@ -95,11 +95,34 @@ def test_prompt_is_kept(workdir, tmp_path):
         (["--steps", "0"], "steps must be >= 1"),
         (["--time-grid", "log"], "unknown time grid"),
         (["--prompt", "word " * 40], "the prompt is 41 tokens"),
+        (["--cpu-devices", "0"], "--cpu-devices must be 'auto' or an integer >= 1, got '0'"),
+        (["--cpu-devices", "3"], "conflicts with XLA_FLAGS"),  # conftest's 8 devices
     ],
 )
 def test_sample_bad_input(workdir, capsys, argv, message):
     assert sample_cli.main(["--workdir", workdir.path, "--no-progress", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_cpu_devices_shard_the_batch_and_keep_the_samples(workdir, tmp_path):
+    """A fresh ldlm-sample process without the tests' XLA flag: --cpu-devices 2 makes two CPU
+    devices (it says so) and writes the samples this process (8 devices) writes."""
+    import re
+    import subprocess
+    import sys
+
+    argv = ["--num", "4", "--seed", "3"]
+    here = run_sample(workdir.path, *argv, out=str(tmp_path / "here.jsonl"))
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env["XLA_FLAGS"])
+    out = str(tmp_path / "two.jsonl")
+    cmd = [sys.executable, "-m", "ldlm_jax.cli.sample", "--workdir", workdir.path, "--steps"]
+    cmd += [STEPS, "--no-progress", "--out", out, "--cpu-devices", "2", *argv]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ldlm-sample: 2 CPU device(s) (--cpu-devices 2)" in proc.stderr
+    two = generation.read_samples(out)
+    assert [s["token_ids"] for s in two] == [s["token_ids"] for s in here]
 
 
 def test_sample_no_checkpoint(tmp_path, capsys):

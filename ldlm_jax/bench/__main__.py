@@ -71,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
         "core, probed at start: on a shared machine torch's one-per-core default can be several "
         "times slower)",
     )
+    parser.add_argument(
+        "--cpu-devices",
+        default="auto",
+        metavar="N|auto",
+        help="XLA host devices on a CPU machine (default auto: one per core, at most 8), as "
+        "ldlm-sample uses them: the sampler section shards its batch over them and also times "
+        "one device; the other sections run on one device",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return parser
 
@@ -93,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
+    from ldlm_jax.host_devices import configure_cpu_devices
+
+    try:
+        configure_cpu_devices(args.cpu_devices)
+    except ValueError as error:
+        parser.error(str(error))
     if args.torch_threads is not None and args.torch_threads < 1:
         parser.error(f"--torch-threads must be >= 1, got {args.torch_threads}")
     if args.compile_cache:

@@ -8,9 +8,12 @@ loop in one jit); PyTorch loads the same weights through the export format (to_s
 model.safetensors + config.json -> LDLMTorch.from_pretrained, ldlm_jax/torch) and runs
 ldlm_jax.torch.sampling.sample_latents eagerly under inference_mode. Both take the same injected
 standard-normal draws (noise [steps + 1, B, K, D]) when that array is at most 256 MiB, else each
-draws its own; with injected noise the two final latents are compared. The sides are timed in
-turns (ldlm_jax.bench.timing.time_pair). Reports latency at batch 1 and throughput (sequences/s)
-at batch 64, at 50 and 200 euler_maruyama steps. Target: JAX >= 2x PyTorch eager at batch 64.
+draws its own; with injected noise the two final latents are compared. On a CPU machine JAX
+gets one XLA host device per core (--cpu-devices, ldlm_jax.host_devices, as ldlm-sample does)
+and shards each batch over those that split it evenly; such rows also time JAX on one device.
+The programs are timed in turns (ldlm_jax.bench.timing.time_turns). Reports latency at batch 1
+and throughput (sequences/s) at batch 64, at 50 and 200 euler_maruyama steps. Target: JAX >= 2x
+PyTorch eager at batch 64.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from ldlm_jax.bench.timing import (
     jax_call,
     median,
     pick_torch_threads,
-    time_pair,
+    time_turns,
     torch_call,
     torch_device,
 )
@@ -96,17 +99,56 @@ def build(config, seed: int = 0, lm_dim: int = 384, vocab_size: int = 30522):
     return model, params, torch_twin(config, params, lm_dim, vocab_size)
 
 
+def jax_devices_for(batch: int) -> int:
+    """Devices the JAX side shards `batch` over: the most of jax.devices() that split it evenly
+    on a CPU backend (host_devices: one XLA device per core), 1 on GPU/TPU (one chip)."""
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return 1
+    return max(d for d in range(1, jax.device_count() + 1) if batch % d == 0)
+
+
+def _jax_sampler(model, shape, steps, sampler, t_min, params, noise, devices: int):
+    """A thunk running the jitted sampler with its batch sharded over `devices` devices."""
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    from ldlm_jax.samplers import make_sampler
+
+    mesh = Mesh(np.asarray(jax.devices()[:devices]), ("data",))
+    batch_sharding = NamedSharding(mesh, PartitionSpec("data")) if devices > 1 else None
+    fn = make_sampler(
+        model.denoise,
+        model.schedule,
+        shape,
+        sampler=sampler,
+        steps=steps,
+        t_min=t_min,
+        sharding=batch_sharding,
+    )
+    replicated = NamedSharding(mesh, PartitionSpec())
+    noise_sharding = NamedSharding(mesh, PartitionSpec(None, "data")) if devices > 1 else None
+    j_noise = None if noise is None else jax.device_put(noise, noise_sharding or replicated)
+    return jax_call(
+        fn, jax.device_put(params, replicated), jax.random.PRNGKey(0), None, None, None, j_noise
+    )
+
+
 def bench_sampler(model, params, tmodel, batch: int, steps: int, runs: int, **settings) -> dict:
     """Time one sampling call (batch sequences, `steps` steps) on both sides, in turns.
 
+    On a CPU backend with several host devices (ldlm_jax.host_devices) the JAX side shards the
+    batch over jax_devices_for(batch) of them, and is also timed on one device (in the same
+    turns) so both figures are on record.
     settings: sampler (default euler_maruyama), t_min (0.05), seed (0).
-    Returns {'batch', 'steps', 'num_latents', 'jax_seconds', 'torch_seconds' (lists),
-    'jax_seq_per_s', 'torch_seq_per_s', 'speedup' (torch median / jax median), 'noise'
-    ('injected' | 'own rng'), 'max_abs_diff_z0' (injected noise only, else None)}."""
-    import jax
+    Returns {'batch', 'steps', 'num_latents', 'jax_devices', 'jax_seconds', 'torch_seconds'
+    (lists), 'jax_seq_per_s', 'torch_seq_per_s', 'speedup' (torch median / jax median), and with
+    jax_devices > 1 'jax_one_device_seconds', 'jax_one_device_seq_per_s', 'speedup_one_device',
+    'max_abs_diff_devices' (sharded vs one device); 'noise' ('injected' | 'own rng'),
+    'max_abs_diff_z0' (injected noise only, else None)}."""
     import torch
 
-    from ldlm_jax.samplers import make_sampler
     from ldlm_jax.torch import sampling
 
     sampler = settings.get("sampler", "euler_maruyama")
@@ -116,12 +158,8 @@ def bench_sampler(model, params, tmodel, batch: int, steps: int, runs: int, **se
     inject = (steps + 1) * batch * k * d * 4 <= INJECT_LIMIT_BYTES
     rng = np.random.default_rng(settings.get("seed", 0))
     noise = rng.standard_normal((steps + 1, *shape), np.float32) if inject else None
-    fn = make_sampler(
-        model.denoise, model.schedule, shape, sampler=sampler, steps=steps, t_min=t_min
-    )
-    key = jax.random.PRNGKey(0)
-    j_params = jax.device_put(params)
-    j_noise = None if noise is None else jax.device_put(noise)
+    devices = jax_devices_for(batch)
+    run_jax = _jax_sampler(model, shape, steps, sampler, t_min, params, noise, devices)
     dev = torch_device()
     t_noise = None if noise is None else torch.from_numpy(noise).to(dev)
     gen = torch.Generator().manual_seed(0)
@@ -139,20 +177,22 @@ def bench_sampler(model, params, tmodel, batch: int, steps: int, runs: int, **se
             device=dev,
         )
 
-    run_jax, run_torch = (
-        jax_call(fn, j_params, key, None, None, None, j_noise),
-        torch_call(torch_sample),
-    )
-    jax_s, torch_s = time_pair(run_jax, run_torch, runs)
+    run_torch = torch_call(torch_sample)
+    programs = [run_jax, run_torch]
+    if devices > 1:
+        programs.append(_jax_sampler(model, shape, steps, sampler, t_min, params, noise, 1))
+    times = time_turns(programs, runs)
+    jax_s, torch_s = times[0], times[1]
     diff = None
     if inject:
         diff = float(np.max(np.abs(np.asarray(run_jax()) - run_torch().cpu().numpy())))
-    return {
+    row = {
         "sampler": sampler,
         "batch": batch,
         "steps": steps,
         "num_latents": k,
         "latent_dim": d,
+        "jax_devices": devices,
         "jax_seconds": jax_s,
         "torch_seconds": torch_s,
         "jax_seq_per_s": batch / median(jax_s),
@@ -161,6 +201,17 @@ def bench_sampler(model, params, tmodel, batch: int, steps: int, runs: int, **se
         "noise": "injected" if inject else "own rng",
         "max_abs_diff_z0": diff,
     }
+    if devices > 1:
+        one = times[2]
+        row.update(
+            jax_one_device_seconds=one,
+            jax_one_device_seq_per_s=batch / median(one),
+            speedup_one_device=median(torch_s) / median(one),
+            max_abs_diff_devices=float(
+                np.max(np.abs(np.asarray(run_jax()) - np.asarray(programs[2]())))
+            ),
+        )
+    return row
 
 
 def main(argv=None) -> int:
@@ -171,6 +222,13 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--sampler", default="euler_maruyama")
     parser.add_argument("--t-min", type=float, default=0.05)
+    parser.add_argument(
+        "--cpu-devices",
+        default="auto",
+        metavar="N|auto",
+        help="XLA host devices on a CPU machine (default auto: one per core, at most 8); the "
+        "JAX side shards each batch over those that split it evenly, and is timed on one too",
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
@@ -178,6 +236,12 @@ def main(argv=None) -> int:
     import torch
 
     from ldlm_jax.config import load_config
+    from ldlm_jax.host_devices import configure_cpu_devices
+
+    try:
+        configure_cpu_devices(args.cpu_devices)
+    except ValueError as error:
+        parser.error(str(error))
 
     pick_torch_threads()  # torch's faster thread count here, now
     config = load_config(args.config, ["model.dtype=float32"])
@@ -203,6 +267,7 @@ def main(argv=None) -> int:
         config=args.config,
         denoiser=dict(config.model.denoiser),
         device=str(jax.devices()[0].platform),
+        jax_device_count=jax.device_count(),
         torch_device=torch_device(),
         cpu_count=os.cpu_count(),
         torch_threads=torch.get_num_threads(),

@@ -3,7 +3,7 @@
 On a shared machine the load changes from second to second, so a comparison of two programs
 times them in turns (A, B, A, B, ...) after warming both up: each pair sees about the same
 load, and the ratio of the two medians is far steadier than that of two back-to-back blocks
-(short calls get one untimed call after each switch, see time_pair).
+(short calls get one untimed call after each switch, see time_turns).
 Every timed call must return only once its work is done: JAX callables block_until_ready
 their outputs (`jax_call`), torch callables synchronise CUDA when it is in use (`torch_call`).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 
 def median(seconds: list[float]) -> float:
@@ -48,19 +48,31 @@ def time_pair(
     rewarm_below: float = 0.5,
 ) -> tuple[list[float], list[float]]:
     """(seconds of fn_a, seconds of fn_b): `runs` calls each, interleaved a, b, a, b, ...
-    after `warmup` untimed calls of each.
+    after `warmup` untimed calls of each (time_turns with two programs)."""
+    a, b = time_turns((fn_a, fn_b), runs, warmup, rewarm_below)
+    return a, b
+
+
+def time_turns(
+    fns: Sequence[Callable[[], object]],
+    runs: int,
+    warmup: int = 1,
+    rewarm_below: float = 0.5,
+) -> list[list[float]]:
+    """Seconds of `runs` calls of each of fns, taken in turns (a, b, c, a, b, c, ...) after
+    `warmup` untimed calls of each; one list per program.
 
     Switching frameworks has a cost of its own: the first call after the other framework ran
     waits for that one's thread pool to wind down (seen on 2 cores: a 0.5 ms torch call took
     10-30 ms right after a JAX call, and 0.6 ms after one more torch call). So a call that took
     less than `rewarm_below` seconds last time is preceded by one untimed call of itself; for
     longer calls the switch is lost in the noise."""
-    last = {0: 0.0, 1: 0.0}
+    last = [0.0] * len(fns)
     for _ in range(warmup):
-        last = {0: _timed(fn_a), 1: _timed(fn_b)}
-    times: tuple[list[float], list[float]] = ([], [])
+        last = [_timed(fn) for fn in fns]
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(max(1, runs)):
-        for side, fn in enumerate((fn_a, fn_b)):
+        for side, fn in enumerate(fns):
             if last[side] < rewarm_below:
                 fn()
             last[side] = _timed(fn)

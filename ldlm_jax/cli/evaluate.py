@@ -21,7 +21,12 @@ import os
 import sys
 import time
 
-from ldlm_jax.cli.sample import add_sampling_args, check_settings, sampling_settings
+from ldlm_jax.cli.sample import (
+    add_sampling_args,
+    check_settings,
+    sampling_settings,
+    use_cpu_devices,
+)
 
 
 def parse_steps(text: str) -> list[int]:
@@ -140,6 +145,8 @@ def run(args) -> dict:
             file=sys.stderr,
         )
 
+    batch = args.batch_size or min(args.num, generation.MAX_DEFAULT_BATCH)
+    use_cpu_devices(args, batch, "ldlm-eval")
     gen = generation.load_generator(args.workdir, raw_weights=not settings["use_ema"])
     heldout = heldout_batches(gen, args.heldout_batches)
     reference = batches_to_texts(gen, heldout)

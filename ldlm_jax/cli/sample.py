@@ -58,12 +58,35 @@ def add_sampling_args(parser: argparse.ArgumentParser, steps_help: str | None = 
     )
     g.add_argument("--seed", type=int, default=0, help="random seed (same seed, same samples)")
     g.add_argument(
+        "--cpu-devices",
+        default="auto",
+        metavar="N|auto",
+        help="on a CPU machine, XLA host devices to shard the batch over (default auto: one per "
+        "core, at most 8, that split the batch evenly; 1 for a single sequence). Same samples "
+        "for any count; ~1.4x the throughput of one device on 2 cores. No effect on GPU/TPU",
+    )
+    g.add_argument(
         "--batch-size",
         type=int,
         default=None,
         help="sequences per jitted sampler call (default: min(num, 64), rounded up to the "
         "data-parallel size)",
     )
+
+
+def use_cpu_devices(args, batch: int, prog: str) -> None:
+    """Apply --cpu-devices before JAX starts (host_devices.configure_cpu_devices); on a CPU
+    backend say on stderr how many devices the batch is sharded over. ValueError if bad."""
+    import jax
+
+    from ldlm_jax.host_devices import configure_cpu_devices
+
+    configure_cpu_devices(args.cpu_devices, batch)
+    if jax.default_backend() == "cpu":
+        print(
+            f"{prog}: {jax.device_count()} CPU device(s) (--cpu-devices {args.cpu_devices})",
+            file=sys.stderr,
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,6 +223,8 @@ def main(argv=None) -> int:
             raise ValueError(f"--num must be >= 1, got {args.num}")
         if args.batch_size is not None and args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        batch = args.batch_size or min(args.num, generation.MAX_DEFAULT_BATCH)
+        use_cpu_devices(args, batch, "ldlm-sample")
         # Cheap checks first (config JSON only), so bad flags fail before weights or compiles.
         config = generation.read_config(args.workdir)
         settings = sampling_settings(args, config)
