@@ -44,14 +44,48 @@ def token_cross_entropy(
 ) -> tuple[jax.Array, jax.Array]:
     """Masked CE and accuracy of logits [B, L, V] float32 against ids [B, L] int32.
 
+    The NLL has a hand-written gradient (softmax - one_hot, one elementwise pass over the
+    logits): autodiff of log_softmax + take_along_axis scattered into a zero [B, L, V] array and
+    summed two cotangents, ~25% of the demo train step on 2 CPU cores. A token counts as
+    correct when its label's logit is the row's maximum (argmax would pick the first of tied
+    maxima; float logits tie with probability ~0), which reuses the max the NLL takes anyway.
+
     Returns:
       (mean CE over non-pad tokens, token accuracy over non-pad tokens), float32 scalars.
     """
-    logits = logits.astype(jnp.float32)
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(log_probs, ids[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    correct = (jnp.argmax(logits, axis=-1) == ids).astype(jnp.float32)
+    nll, row_max, label_logit = _nll_with_max(logits.astype(jnp.float32), ids.astype(jnp.int32))
+    correct = (label_logit >= row_max).astype(jnp.float32)
     return masked_mean(nll, mask), masked_mean(correct, mask)
+
+
+def _nll_parts(logits, ids):
+    row_max = jnp.max(logits, axis=-1)
+    lse = row_max + jnp.log(jnp.sum(jnp.exp(logits - row_max[..., None]), axis=-1))
+    label_logit = jnp.take_along_axis(logits, ids[..., None], axis=-1)[..., 0]
+    return lse, row_max, label_logit
+
+
+@jax.custom_vjp
+def _nll_with_max(logits: jax.Array, ids: jax.Array):
+    """logits [..., V] float32, ids [...] int32 -> (NLL, row max, label logit), each [...]."""
+    lse, row_max, label_logit = _nll_parts(logits, ids)
+    return lse - label_logit, jax.lax.stop_gradient(row_max), jax.lax.stop_gradient(label_logit)
+
+
+def _nll_fwd(logits, ids):
+    lse, row_max, label_logit = _nll_parts(logits, ids)
+    return (lse - label_logit, row_max, label_logit), (logits, ids, lse)
+
+
+def _nll_bwd(residuals, cotangents):
+    logits, ids, lse = residuals
+    g = cotangents[0]  # the max and the label logit are metrics: no gradient through them
+    vocab = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    one_hot = (vocab == ids[..., None]).astype(logits.dtype)
+    return (jnp.exp(logits - lse[..., None]) - one_hot) * g[..., None], None
+
+
+_nll_with_max.defvjp(_nll_fwd, _nll_bwd)
 
 
 def decoder_input(z0: jax.Array, sigma_dec: float, rng: jax.Array | None, train: bool) -> jax.Array:
