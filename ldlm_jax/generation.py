@@ -183,6 +183,12 @@ def _check_known(gen: Generator, template: np.ndarray) -> None:
 # ----------------------------------------------------------------------------- sampling
 
 
+def sampling_batch(num: int, batch_size: int | None = None) -> int:
+    """Sequences per sampler call for `num` samples, before generate rounds it up to the
+    data-parallel size: batch_size, or min(num, MAX_DEFAULT_BATCH)."""
+    return min(num, MAX_DEFAULT_BATCH) if batch_size is None else int(batch_size)
+
+
 def _batch_sharding(gen: Generator, ndim: int):
     return shd.batch_sharding(gen.mesh, gen.config.logical_axis_rules, ndim)
 
@@ -313,7 +319,7 @@ def generate(
     if time_grid == "adaptive" and gen.adaptive_state is None:
         raise GenerationError("the 'adaptive' time grid needs the checkpoint's adaptive state")
     dp = _data_parallel(gen)
-    batch = min(num, MAX_DEFAULT_BATCH) if batch_size is None else int(batch_size)
+    batch = sampling_batch(num, batch_size)
     batch = max(dp, -(-batch // dp) * dp)
     fn = _sample_fn(gen, sampler, int(steps), time_grid, float(t_min), temperature, self_cond)
     adaptive = gen.adaptive_state

@@ -30,14 +30,17 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+def even_split(batch: int, limit: int) -> int:
+    """The most devices, at most `limit`, that split `batch` sequences evenly (1 for batch 1)."""
+    return max(d for d in range(1, max(1, limit) + 1) if int(batch) % d == 0)
+
+
 def auto_count(batch: int | None = None, cores: int | None = None) -> int:
-    """'auto': the most devices, at most one per core (and MAX_AUTO_DEVICES), that split
-    `batch` sequences evenly; 1 for batch 1 (a lone sequence gains nothing from more devices,
-    and padding it to two cost ~25% latency on 2 cores)."""
+    """'auto': even_split(batch) over at most one device per core (and MAX_AUTO_DEVICES); 1 for
+    batch 1 (a lone sequence gains nothing from more devices, and padding it to two cost ~25%
+    latency on 2 cores)."""
     limit = max(1, min(cores or cpu_cores(), MAX_AUTO_DEVICES))
-    if batch is None:
-        return limit
-    return max(d for d in range(1, limit + 1) if int(batch) % d == 0)
+    return limit if batch is None else even_split(batch, limit)
 
 
 def parse_choice(text: str) -> str | int:
@@ -68,9 +71,7 @@ def configure_cpu_devices(choice: str | int = "auto", batch: int | None = None) 
     """
     import jax
 
-    choice = parse_choice(choice) if isinstance(choice, str) else int(choice)
-    if isinstance(choice, int) and choice < 1:
-        raise ValueError(f"--cpu-devices must be >= 1, got {choice}")
+    choice = parse_choice(str(choice))
     count = auto_count(batch) if choice == "auto" else choice
     from_flag = flag_count()
     if from_flag is not None:

@@ -67,9 +67,10 @@ def _nll_parts(logits, ids):
 
 @jax.custom_vjp
 def _nll_with_max(logits: jax.Array, ids: jax.Array):
-    """logits [..., V] float32, ids [...] int32 -> (NLL, row max, label logit), each [...]."""
+    """logits [..., V] float32, ids [...] int32 -> (NLL, row max, label logit), each [...];
+    only the NLL carries a gradient (_nll_bwd)."""
     lse, row_max, label_logit = _nll_parts(logits, ids)
-    return lse - label_logit, jax.lax.stop_gradient(row_max), jax.lax.stop_gradient(label_logit)
+    return lse - label_logit, row_max, label_logit
 
 
 def _nll_fwd(logits, ids):

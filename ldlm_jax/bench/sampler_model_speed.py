@@ -104,9 +104,9 @@ def jax_devices_for(batch: int) -> int:
     on a CPU backend (host_devices: one XLA device per core), 1 on GPU/TPU (one chip)."""
     import jax
 
-    if jax.default_backend() != "cpu":
-        return 1
-    return max(d for d in range(1, jax.device_count() + 1) if batch % d == 0)
+    from ldlm_jax.host_devices import even_split
+
+    return even_split(batch, jax.device_count()) if jax.default_backend() == "cpu" else 1
 
 
 def _jax_sampler(model, shape, steps, sampler, t_min, params, noise, devices: int):

@@ -145,8 +145,7 @@ def run(args) -> dict:
             file=sys.stderr,
         )
 
-    batch = args.batch_size or min(args.num, generation.MAX_DEFAULT_BATCH)
-    use_cpu_devices(args, batch, "ldlm-eval")
+    use_cpu_devices(args, "ldlm-eval")
     gen = generation.load_generator(args.workdir, raw_weights=not settings["use_ema"])
     heldout = heldout_batches(gen, args.heldout_batches)
     reference = batches_to_texts(gen, heldout)

@@ -74,14 +74,16 @@ def add_sampling_args(parser: argparse.ArgumentParser, steps_help: str | None = 
     )
 
 
-def use_cpu_devices(args, batch: int, prog: str) -> None:
-    """Apply --cpu-devices before JAX starts (host_devices.configure_cpu_devices); on a CPU
-    backend say on stderr how many devices the batch is sharded over. ValueError if bad."""
+def use_cpu_devices(args, prog: str) -> None:
+    """Apply --cpu-devices for the sampling batch of --num / --batch-size before JAX starts
+    (host_devices.configure_cpu_devices); on a CPU backend say on stderr how many devices the
+    batch is sharded over. ValueError if bad."""
     import jax
 
+    from ldlm_jax.generation import sampling_batch
     from ldlm_jax.host_devices import configure_cpu_devices
 
-    configure_cpu_devices(args.cpu_devices, batch)
+    configure_cpu_devices(args.cpu_devices, sampling_batch(args.num, args.batch_size))
     if jax.default_backend() == "cpu":
         print(
             f"{prog}: {jax.device_count()} CPU device(s) (--cpu-devices {args.cpu_devices})",
@@ -223,8 +225,7 @@ def main(argv=None) -> int:
             raise ValueError(f"--num must be >= 1, got {args.num}")
         if args.batch_size is not None and args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-        batch = args.batch_size or min(args.num, generation.MAX_DEFAULT_BATCH)
-        use_cpu_devices(args, batch, "ldlm-sample")
+        use_cpu_devices(args, "ldlm-sample")  # before read_config: orbax starts JAX
         # Cheap checks first (config JSON only), so bad flags fail before weights or compiles.
         config = generation.read_config(args.workdir)
         settings = sampling_settings(args, config)
