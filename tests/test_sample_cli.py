@@ -106,7 +106,8 @@ def test_sample_bad_input(workdir, capsys, argv, message):
 
 def test_cpu_devices_shard_the_batch_and_keep_the_samples(workdir, tmp_path):
     """A fresh ldlm-sample process without the tests' XLA flag: --cpu-devices 2 makes two CPU
-    devices (it says so) and writes the samples this process (8 devices) writes."""
+    devices (it says so) and writes the samples this process (8 devices) writes. A fresh
+    ldlm-eval gets its two devices too (the flag is applied before anything starts JAX)."""
     import re
     import subprocess
     import sys
@@ -123,6 +124,12 @@ def test_cpu_devices_shard_the_batch_and_keep_the_samples(workdir, tmp_path):
     assert "ldlm-sample: 2 CPU device(s) (--cpu-devices 2)" in proc.stderr
     two = generation.read_samples(out)
     assert [s["token_ids"] for s in two] == [s["token_ids"] for s in here]
+    cmd = [sys.executable, "-m", "ldlm_jax.cli.evaluate", "--workdir", workdir.path, "--steps"]
+    cmd += [STEPS, "--no-progress", "--num", "2", "--heldout-batches", "1", "--cpu-devices", "2"]
+    cmd += ["--out", str(tmp_path / "eval.json")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ldlm-eval: 2 CPU device(s) (--cpu-devices 2)" in proc.stderr
 
 
 def test_sample_no_checkpoint(tmp_path, capsys):

@@ -121,6 +121,7 @@ def run(args) -> dict:
     steps_list = parse_steps(args.steps)
     if args.num < 1:
         raise ValueError(f"--num must be >= 1, got {args.num}")
+    use_cpu_devices(args, "ldlm-eval")  # before check_workdir: orbax starts JAX
     generation.check_workdir(args.workdir)
     if args.scorer is not None and not os.path.exists(args.scorer):
         raise FileNotFoundError(
@@ -145,7 +146,6 @@ def run(args) -> dict:
             file=sys.stderr,
         )
 
-    use_cpu_devices(args, "ldlm-eval")
     gen = generation.load_generator(args.workdir, raw_weights=not settings["use_ema"])
     heldout = heldout_batches(gen, args.heldout_batches)
     reference = batches_to_texts(gen, heldout)
