@@ -4,8 +4,9 @@ XLA's CPU backend runs each device's program on its own, and splits every op of 
 cores. The demo denoiser at batch 64 is made of small ops (per-head [64, 32] x [32, 64]
 attention matmuls, norms, softmax over 64 keys) that gain little from being split, so two host
 devices running half the batch each, start to finish, beat one device using both cores' threads:
-~32 vs ~45 ms per denoiser call on 2 cores (`python -m ldlm_jax.bench.sampler_model_speed`
-reports both). The samples are the same: the sampler's noise does not depend on the sharding.
+1.2-1.5x the sequences/s at batch 64 on 2 cores over six measurements
+(`python -m ldlm_jax.bench.sampler_model_speed` times both in the same turns). The samples are
+the same: the sampler's noise does not depend on the sharding.
 
 The count must be set before JAX starts its backends (the first JAX operation), so the CLIs call
 `configure_cpu_devices` right after parsing their flags. It only adds CPU devices: on a GPU/TPU

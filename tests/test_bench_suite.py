@@ -119,3 +119,10 @@ def test_unknown_section_is_a_usage_error(capsys):
     assert suite.parse_sections("data,lm_forward") == ("lm_forward", "data")
     with pytest.raises(ValueError, match="choose from"):
         suite.parse_sections(",")
+
+
+def test_bad_cpu_devices_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--micro", "--only", "data", "--cpu-devices", "none"])
+    assert exit_info.value.code == 2
+    assert "--cpu-devices must be 'auto' or an integer >= 1, got 'none'" in capsys.readouterr().err

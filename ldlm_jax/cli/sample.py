@@ -63,7 +63,7 @@ def add_sampling_args(parser: argparse.ArgumentParser, steps_help: str | None = 
         metavar="N|auto",
         help="on a CPU machine, XLA host devices to shard the batch over (default auto: one per "
         "core, at most 8, that split the batch evenly; 1 for a single sequence). Same samples "
-        "for any count; ~1.4x the throughput of one device on 2 cores. No effect on GPU/TPU",
+        "for any count; 1.2-1.5x the throughput of one device on 2 cores. No effect on GPU/TPU",
     )
     g.add_argument(
         "--batch-size",
