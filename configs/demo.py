@@ -7,10 +7,10 @@ layers. Everything is offline. Run:
   ldlm-train --config configs/demo.py --workdir /tmp/ldlm_demo
   ldlm-sample --workdir /tmp/ldlm_demo
 
-A train step costs ~4 GFLOP per sequence (ldlm-info), about 1-2 s per batch of 32 on 2 cores, so
-4000 steps take one to two hours; the configs/tiny.py sibling (same recipe, 64 wide) reaches >95%
-token reconstruction on training verses within 600 steps (tests/test_learning.py). Samples at this
-size are Bible-flavoured, not fluent.
+A train step costs ~4 GFLOP per sequence (ldlm-info), about 1 s per batch of 32 on 2 cores, so
+4000 steps take a little over an hour; the configs/tiny.py sibling (same recipe, 64 wide)
+reaches >95% token reconstruction on training verses within 600 steps (tests/test_learning.py).
+Samples at this size are Bible-flavoured, not fluent.
 """
 
 from ldlm_jax.config import ConfigError, base_config
